@@ -1,0 +1,332 @@
+"""Load a runbook file: parse, validate, cross-check, and report every error with file and line."""
+
+from __future__ import annotations
+
+import types
+import typing
+from collections.abc import Iterator
+from dataclasses import dataclass
+from difflib import get_close_matches
+from pathlib import Path as FilePath
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from runbook.actions import PLACEHOLDER
+from runbook.alerting import AlertProblem, ResolvedAlert, resolve, slo_alertname
+from runbook.matchers import Matcher, matchers_for, parse_matcher
+from runbook.schema import SEVERITIES, RespondRule, Runbook, step_action
+from runbook.signals import Source as SignalSource
+from runbook.yamlsource import Path, Source, SourceError, format_path, parse_yaml
+
+
+class RunbookError(Exception):
+    """A runbook that cannot be loaded, with every problem found."""
+
+    def __init__(self, errors: list[SourceError]) -> None:
+        super().__init__("\n".join(str(e) for e in errors))
+        self.errors = errors
+
+
+@dataclass(frozen=True)
+class LoadedRunbook:
+    """A validated runbook with its alerts normalized and its matchers compiled."""
+
+    file: str
+    runbook: Runbook
+    alerts: tuple[ResolvedAlert, ...]
+    rule_matchers: tuple[tuple[Matcher, ...], ...]
+
+    @property
+    def service(self) -> str:
+        return self.runbook.service
+
+    def alert_named(self, alertname: str) -> ResolvedAlert | None:
+        """The alert rendered under this alertname, if this runbook defines it."""
+        return next((a for a in self.alerts if a.alertname == alertname), None)
+
+
+def load_runbook(path: str | FilePath) -> LoadedRunbook:
+    """Read and validate one runbook file; raise RunbookError listing every problem."""
+    name = str(path)
+    try:
+        text = FilePath(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RunbookError([SourceError(name, 1, "", f"cannot read the file: {exc}")]) from exc
+    return load_text(text, name)
+
+
+def load_text(text: str, file: str = "<runbook>") -> LoadedRunbook:
+    """Validate runbook YAML text; raise RunbookError listing every problem."""
+    source, errors = parse_yaml(text, file)
+    if source is None:
+        raise RunbookError(errors)
+    if not isinstance(source.data, dict):
+        kind = type(source.data).__name__
+        reason = f"a runbook is a mapping of keys (service:, watch:, alerts:, ...), not {kind}"
+        raise RunbookError([SourceError(file, 1, "", reason)])
+    try:
+        runbook = Runbook.model_validate(source.data)
+    except ValidationError as exc:
+        errors.extend(_pydantic_errors(exc, source))
+        raise RunbookError(_sorted(errors)) from None
+    loaded, problems = _cross_check(runbook)
+    errors.extend(SourceError(file, source.line_of(p), format_path(p), r) for p, r in problems)
+    if errors:
+        raise RunbookError(_sorted(errors))
+    assert loaded is not None
+    return LoadedRunbook(file, runbook, *loaded)
+
+
+def _sorted(errors: list[SourceError]) -> list[SourceError]:
+    return sorted(errors, key=lambda e: (e.line, e.path))
+
+
+# ------------------------------------------------------------ cross-checks
+
+
+Problem = tuple[Path, str]
+
+
+def _cross_check(
+    rb: Runbook,
+) -> tuple[tuple[tuple[ResolvedAlert, ...], tuple[tuple[Matcher, ...], ...]] | None, list[Problem]]:
+    problems: list[Problem] = []
+    alerts: list[ResolvedAlert] = []
+    for key, spec in rb.alerts.items():
+        try:
+            resolved = resolve(key, spec)
+        except AlertProblem as exc:
+            problems.append((("alerts", key, *exc.subpath), exc.reason))
+            continue
+        missing = _missing_source(rb, resolved)
+        if missing:
+            problems.append((("alerts", key), missing))
+        alerts.append(resolved)
+    seen: dict[str, str] = {}
+    for alert in alerts:
+        if alert.alertname in seen:
+            problems.append((("alerts", alert.key), f"alertname {alert.alertname} is also used by "
+                             f"alerts.{seen[alert.alertname]}; set alertname: to tell them apart"))
+        seen[alert.alertname] = alert.key
+    known_alertnames = set(seen) | {slo_alertname(s) for s in rb.slos}
+    redis_names = {t.name for t in rb.watch.redis}
+    pg_names = {t.name for t in rb.watch.postgres}
+
+    rule_matchers: list[tuple[Matcher, ...]] = []
+    for i, rule in enumerate(rb.respond):
+        matchers = _rule_matchers(rule, ("respond", i), problems)
+        rule_matchers.append(matchers)
+        for m in matchers:
+            if m.name == "alertname" and m.op == "=" and not rule.external \
+                    and m.value not in known_alertnames:
+                close = get_close_matches(m.value, known_alertnames, n=1)
+                hint = f"did you mean {close[0]}?" if close else \
+                    "set external: true if another rule file defines it"
+                where = ("respond", i, "match", "alertname") if "alertname" in rule.match \
+                    else ("respond", i, "matchers")
+                problems.append((where, f"no alert in this runbook is named {m.value!r} ({hint})"))
+        for section in ("do", "escalate"):
+            for j, step in enumerate(getattr(rule, section)):
+                step_path: Path = ("respond", i, section, j)
+                problems.extend(_check_step(step, step_path, redis_names, pg_names))
+    for severity in rb.page:
+        if severity not in (*SEVERITIES, "default"):
+            problems.append((("page", severity), "page is keyed by severity: "
+                             + ", ".join((*SEVERITIES, "default"))))
+    for i, window in enumerate(rb.maintenance):
+        for j, text in enumerate(window.matchers):
+            try:
+                parse_matcher(text)
+            except ValueError as exc:
+                problems.append((("maintenance", i, "matchers", j), str(exc)))
+    for i, fresh in enumerate(rb.watch.freshness):
+        if fresh.redis and fresh.redis not in redis_names:
+            problems.append((("watch", "freshness", i, "redis"), _unknown_target(
+                fresh.redis, redis_names, "watch.redis")))
+        if fresh.postgres and fresh.postgres not in pg_names:
+            problems.append((("watch", "freshness", i, "postgres"), _unknown_target(
+                fresh.postgres, pg_names, "watch.postgres")))
+    for section, names in (("http", [p.name for p in rb.watch.http]),
+                           ("redis", list(redis_names)), ("postgres", list(pg_names))):
+        targets = getattr(rb.watch, section)
+        if len({t.name for t in targets}) != len(targets):
+            problems.append((("watch", section), "target names must be unique"))
+        del names
+    if problems:
+        return None, problems
+    return (tuple(alerts), tuple(rule_matchers)), problems
+
+
+def _rule_matchers(rule: RespondRule, path: Path, problems: list[Problem]) -> tuple[Matcher, ...]:
+    out: list[Matcher] = []
+    for j, text in enumerate(rule.matchers):
+        try:
+            out.append(parse_matcher(text))
+        except ValueError as exc:
+            problems.append(((*path, "matchers", j), str(exc)))
+    return (*matchers_for(rule.match, []), *out)
+
+
+def _unknown_target(name: str, known: set[str], section: str) -> str:
+    close = get_close_matches(name, known, n=1)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    return f"{name!r} is not a target defined under {section}{hint}"
+
+
+def _check_step(step: BaseModel, path: Path, redis: set[str], pg: set[str]) -> Iterator[Problem]:
+    name, params = step_action(step)
+    for field_name, known, section in (("redis", redis, "watch.redis"),
+                                       ("broker", redis, "watch.redis"),
+                                       ("postgres", pg, "watch.postgres")):
+        value = getattr(params, field_name, None)
+        if isinstance(value, str) and value not in known:
+            yield (*path, name, field_name), _unknown_target(value, known, section)
+    for arg_index, arg in enumerate(getattr(params, "argv", [])):
+        if "{{" in arg and not PLACEHOLDER.fullmatch(arg.strip()) and not PLACEHOLDER.search(arg):
+            yield (*path, name, "argv", arg_index), (
+                "a placeholder is written {{ labels.NAME }}")
+
+
+def _missing_source(rb: Runbook, alert: ResolvedAlert) -> str | None:
+    if alert.signal is None:
+        return None
+    w = rb.watch
+    present = {
+        SignalSource.HOST: w.host is not None,
+        SignalSource.HTTP: bool(w.http),
+        SignalSource.APP: w.app is not None or bool(w.http),
+        SignalSource.REDIS: bool(w.redis),
+        SignalSource.QUEUES: any(t.queues.bullmq or t.queues.celery or t.queues.rq
+                                 or t.queues.discover for t in w.redis),
+        SignalSource.POSTGRES: bool(w.postgres),
+        SignalSource.LOGS: bool(w.logs),
+        SignalSource.FRESHNESS: bool(w.freshness),
+    }[alert.signal.source]
+    if present:
+        return None
+    needs = {
+        SignalSource.HOST: "watch.host",
+        SignalSource.HTTP: "watch.http probes",
+        SignalSource.APP: "watch.app metrics or watch.http probes",
+        SignalSource.REDIS: "a watch.redis target",
+        SignalSource.QUEUES: "queues under a watch.redis target",
+        SignalSource.POSTGRES: "a watch.postgres target",
+        SignalSource.LOGS: "watch.logs",
+        SignalSource.FRESHNESS: "watch.freshness checks",
+    }[alert.signal.source]
+    return f"signal {alert.signal.name} is measured from {needs}, which this runbook lacks"
+
+
+# ------------------------------------------------------------ pydantic errors
+
+
+def _pydantic_errors(exc: ValidationError, source: Source) -> list[SourceError]:
+    out: list[SourceError] = []
+    for err in exc.errors(include_url=False):
+        data_path, fields = _walk(Runbook, err["loc"])
+        reason = _reason(err, fields)
+        out.append(SourceError(source.file, source.line_of(data_path), format_path(data_path),
+                               reason))
+    return out
+
+
+def _reason(err: Any, fields: list[str]) -> str:
+    kind = err["type"]
+    value = err.get("input")
+    if kind == "extra_forbidden":
+        key = err["loc"][-1]
+        close = get_close_matches(str(key), fields, n=1)
+        hint = f"did you mean {close[0]}?" if close else "known keys: " + ", ".join(sorted(fields))
+        secret = " (secrets are never inline: name an env var with a *_env key)" \
+            if any(word in str(key).lower() for word in ("key", "token", "password", "secret")) \
+            and f"{key}_env" in fields else ""
+        return f"unknown key {key!r} ({hint}){secret}"
+    if kind == "missing":
+        return "required key is missing"
+    if kind in ("union_tag_invalid", "union_tag_not_found"):
+        from runbook.actions import ACTIONS
+
+        tag = err.get("ctx", {}).get("tag")
+        if tag is None:
+            return f"an action is a mapping with one key naming it (e.g. exec:), got {value!r}"
+        close = get_close_matches(str(tag), ACTIONS, n=1)
+        hint = f"did you mean {close[0]}?" if close else "known: " + ", ".join(ACTIONS)
+        return f"unknown action {tag!r} ({hint})"
+    msg = str(err["msg"])
+    for prefix in ("Value error, ", "Assertion failed, "):
+        if msg.startswith(prefix):
+            msg = msg[len(prefix):]
+    if kind != "value_error" and not isinstance(value, dict | list):
+        msg = f"{msg}: got {value!r}"
+    return msg
+
+
+def _walk(model: Any, loc: tuple[Any, ...]) -> tuple[Path, list[str]]:
+    """Follow a pydantic error location through the schema types.
+
+    Returns the path as written in the file (union tags dropped) and the keys allowed
+    at the parent of the last element (for "did you mean").
+    """
+    path: list[str | int] = []
+    current: Any = model
+    fields: list[str] = []
+    for part in loc:
+        current = _unwrap(current)
+        if isinstance(current, tuple):  # a union: a tag picks the member, and is not in the file
+            member = next((m for m in current if isinstance(part, str) and part in _keys(m)), None)
+            if member is not None:
+                current = member
+                continue
+            current = next((m for m in current if _is_model(m)), None)
+        if _is_model(current):
+            fields = _keys(current)
+            path.append(part)
+            current = _field_type(current, part)
+        else:
+            path.append(part)
+            current = _element(current)
+    return tuple(path), fields
+
+
+def _is_model(tp: Any) -> bool:
+    return isinstance(tp, type) and issubclass(tp, BaseModel)
+
+
+def _keys(model: Any) -> list[str]:
+    if not _is_model(model):
+        return []
+    return [f.alias or name for name, f in model.model_fields.items()]
+
+
+def _field_type(model: Any, key: Any) -> Any:
+    for name, f in model.model_fields.items():
+        if key in (name, f.alias):
+            return f.annotation
+    return None
+
+
+def _unwrap(tp: Any) -> Any:
+    while True:
+        origin = typing.get_origin(tp)
+        if origin is typing.Annotated:
+            tp = typing.get_args(tp)[0]
+            continue
+        if origin in (typing.Union, types.UnionType):
+            members = [_unwrap(a) for a in typing.get_args(tp) if a is not type(None)]
+            models = [m for m in members if _is_model(m)]
+            if len(members) == 1:
+                tp = members[0]
+                continue
+            return tuple(models) if models else (members[0] if members else None)
+        return tp
+
+
+def _element(tp: Any) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (list, tuple, set) and args:
+        return args[0]
+    if origin is dict and len(args) == 2:
+        return args[1]
+    return None
