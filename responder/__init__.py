@@ -1,0 +1,1 @@
+"""The webhook responder: Alertmanager notifications in, decisions and remediations out."""
