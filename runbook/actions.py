@@ -177,7 +177,10 @@ class PgIdleInTransactionParams(Strict):
 
     postgres: str
     longer_than: Duration = 300.0
+    database: str | None = None
+    include_superuser: bool = False
     statement_timeout: Duration = 10.0
+    lock_timeout: Duration = 5.0
 
 
 class PgTableParams(Strict):

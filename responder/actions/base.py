@@ -11,7 +11,6 @@ from typing import Any
 import aiohttp
 
 from runbook.loader import LoadedRunbook
-from runbook.model_base import Strict
 
 OUTPUT_LIMIT = 4096
 """Bytes of an action's output kept in its outcome and the audit trail."""
@@ -89,3 +88,8 @@ class ActionContext:
 
 ActionFn = Callable[[ActionContext, Any], Awaitable[Outcome]]
 """An action implementation: `async def act(ctx, params: TheirParams) -> Outcome`."""
+
+
+def outcome(action: str, status: Status, output: str = "", **detail: Any) -> Outcome:
+    """An outcome whose duration `run_action` fills in."""
+    return Outcome(action, status, 0.0, truncate(output), detail)
