@@ -15,7 +15,7 @@ from pydantic import BaseModel, ValidationError
 from runbook.actions import PLACEHOLDER
 from runbook.alerting import AlertProblem, ResolvedAlert, resolve, slo_alertname
 from runbook.matchers import Matcher, matchers_for, parse_matcher
-from runbook.schema import SEVERITIES, RespondRule, Runbook, step_action
+from runbook.schema import SEVERITIES, AlertSpec, RespondRule, Runbook, step_action
 from runbook.signals import Source as SignalSource
 from runbook.yamlsource import Path, Source, SourceError, format_path, parse_yaml
 
@@ -69,6 +69,7 @@ def load_text(text: str, file: str = "<runbook>") -> LoadedRunbook:
         runbook = Runbook.model_validate(source.data)
     except ValidationError as exc:
         errors.extend(_pydantic_errors(exc, source))
+        errors.extend(_alert_errors(source))
         raise RunbookError(_sorted(errors)) from None
     loaded, problems = _cross_check(runbook)
     errors.extend(SourceError(file, source.line_of(p), format_path(p), r) for p, r in problems)
@@ -76,6 +77,24 @@ def load_text(text: str, file: str = "<runbook>") -> LoadedRunbook:
         raise RunbookError(_sorted(errors))
     assert loaded is not None
     return LoadedRunbook(file, runbook, *loaded)
+
+
+def _alert_errors(source: Source) -> list[SourceError]:
+    """Tier and signal problems of the alerts that are well-formed, so one run shows them all."""
+    alerts = source.data.get("alerts")
+    if not isinstance(alerts, dict):
+        return []
+    out: list[SourceError] = []
+    for key, value in alerts.items():
+        try:
+            resolve(str(key), AlertSpec.model_validate(value))
+        except ValidationError:
+            continue  # already reported with the rest of the file
+        except AlertProblem as exc:
+            path = ("alerts", key, *exc.subpath)
+            out.append(SourceError(source.file, source.line_of(path), format_path(path),
+                                   exc.reason))
+    return out
 
 
 def _sorted(errors: list[SourceError]) -> list[SourceError]:
@@ -223,12 +242,39 @@ def _missing_source(rb: Runbook, alert: ResolvedAlert) -> str | None:
 
 def _pydantic_errors(exc: ValidationError, source: Source) -> list[SourceError]:
     out: list[SourceError] = []
-    for err in exc.errors(include_url=False):
+    errors = exc.errors(include_url=False)
+    # `routing_key: ...` written inline is one mistake: do not also report routing_key_env missing.
+    inline = {(*e["loc"][:-1], f"{e['loc'][-1]}_env") for e in errors
+              if e["type"] == "extra_forbidden"}
+    for err in errors:
+        if err["type"] == "missing" and tuple(err["loc"]) in inline:
+            continue
         data_path, fields = _walk(Runbook, err["loc"])
+        data_path = _as_written(source.data, data_path)
         reason = _reason(err, fields)
         out.append(SourceError(source.file, source.line_of(data_path), format_path(data_path),
                                reason))
     return out
+
+
+def _as_written(data: Any, path: Path) -> Path:
+    """Drop the parts a shorthand added: `page.critical[0]` for a single receiver written as a
+    mapping, `exec.argv` for an argv written as a list."""
+    out: list[str | int] = []
+    node = data
+    for part in path:
+        if isinstance(part, int) and isinstance(node, dict) and part == 0 and part not in node:
+            continue
+        if isinstance(part, str) and isinstance(node, list):
+            continue
+        out.append(part)
+        if isinstance(node, dict):
+            node = node.get(part)
+        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+            node = node[part]
+        else:
+            node = None
+    return tuple(out)
 
 
 def _reason(err: Any, fields: list[str]) -> str:

@@ -108,6 +108,9 @@ def parse_yaml(text: str, file: str) -> tuple[Source | None, list[SourceError]]:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else 1
         reason = f"YAML syntax error: {exc.problem or exc.context}"
+        start = exc.context_mark
+        if exc.problem and exc.context and start is not None and start.line + 1 != line:
+            reason += f" ({exc.context} started on line {start.line + 1})"
         return None, [SourceError(file, line, "", reason)]
     except yaml.YAMLError as exc:
         return None, [SourceError(file, 1, "", f"YAML error: {exc}")]
