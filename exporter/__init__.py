@@ -1,0 +1,1 @@
+"""The runbook exporter: one async Prometheus exporter configured by the runbook."""

@@ -1,0 +1,72 @@
+"""What every collector is: a named source for one target, collected under a deadline."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterable, Sequence
+from typing import ClassVar
+
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    Metric,
+)
+
+
+class NoData(Exception):
+    """The source answered but has nothing to give (e.g. an extension not installed)."""
+
+
+class Collector(abc.ABC):
+    """Collects the families of one source for one target.
+
+    `start` opens what the collector keeps (background tasks); `close` releases it. The
+    wrapper in exporter.scrape applies the deadline and records up and duration, so `collect`
+    just raises when something is wrong.
+    """
+
+    kind: ClassVar[str]
+    # The source-specific "up" gauge (e.g. runbook_redis_up) the wrapper sets 1/0, if any.
+    up_metric: ClassVar[str | None] = None
+    up_help: ClassVar[str] = ""
+
+    def __init__(self, target: str, timeout: float) -> None:
+        self.target = target
+        self.timeout = timeout
+
+    async def start(self) -> None:  # noqa: B027 - most collectors keep nothing
+        """Open what this collector keeps between scrapes."""
+
+    async def close(self) -> None:  # noqa: B027 - most collectors keep nothing
+        """Release what `start` opened."""
+
+    def detail(self) -> dict[str, object]:
+        """Extra facts for /health/detail (e.g. a probe's last error)."""
+        return {}
+
+    @abc.abstractmethod
+    async def collect(self) -> list[Metric]:
+        """The families of one scrape."""
+
+
+def gauge(name: str, doc: str, labels: Sequence[str] = (), unit: str = "") -> GaugeMetricFamily:
+    """A gauge family with these label names."""
+    return GaugeMetricFamily(name, doc, labels=list(labels), unit=unit)
+
+
+def counter(name: str, doc: str, labels: Sequence[str] = ()) -> CounterMetricFamily:
+    """A counter family with these label names (name given with or without _total)."""
+    return CounterMetricFamily(name, doc, labels=list(labels))
+
+
+def one(name: str, doc: str, target: str, value: float, kind: str = "gauge") -> Metric:
+    """A family holding one sample labelled with the target."""
+    family: Metric = counter(name, doc, ("target",)) if kind == "counter" \
+        else gauge(name, doc, ("target",))
+    family.add_metric([target], value)  # type: ignore[attr-defined]
+    return family
+
+
+def flatten(groups: Iterable[list[Metric]]) -> list[Metric]:
+    """All families of several lists, in order."""
+    return [family for group in groups for family in group]

@@ -1,0 +1,295 @@
+"""BullMQ, Celery and RQ queues on one Redis: read-only, O(1) per queue, pipelined."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from prometheus_client.core import Metric
+from redis.asyncio import Redis
+
+from exporter.collectors.base import Collector, gauge
+
+# BullMQ lists (LLEN) and sorted sets (ZCARD) per queue; wait+paused+prioritized are waiting.
+BULLMQ_LISTS = ("wait", "paused", "active")
+BULLMQ_ZSETS = ("prioritized", "delayed", "waiting-children", "completed", "failed")
+BULLMQ_WAITING = ("wait", "paused", "prioritized")
+# kombu's Redis transport: priority lists are `<queue><sep><step>` for steps 3, 6, 9.
+CELERY_SEP = "\x06\x16"
+CELERY_PRIORITY_SUFFIXES = ("", *(f"{CELERY_SEP}{step}" for step in (3, 6, 9)))
+CELERY_BINDING_PREFIX = "_kombu.binding."
+CELERY_INTERNAL_EXCHANGES = ("celery.pidbox", "reply.celery.pidbox", "celeryev")
+# RQ registries (sorted sets) per queue, by the state they hold.
+RQ_REGISTRIES = {"started": "rq:wip:", "failed": "rq:failed:", "deferred": "rq:deferred:",
+                 "scheduled": "rq:scheduled:", "finished": "rq:finished:",
+                 "canceled": "rq:canceled:"}
+
+
+@dataclass
+class QueueReading:
+    """One queue's numbers from one scrape."""
+
+    kind: str
+    queue: str
+    depth: float = 0.0
+    jobs: dict[str, float] = field(default_factory=dict)
+    paused: float | None = None
+    oldest_job: str | None = None
+    oldest_age: float | None = None
+    workers: float | None = None
+
+
+class QueuesCollector(Collector):
+    """Depth, jobs by state, paused, oldest job age and workers of every queue on one Redis."""
+
+    kind = "queues"
+
+    def __init__(self, target: str, timeout: float, *, client: Redis,
+                 bullmq: Sequence[str] = (), bullmq_prefix: str = "bull",
+                 celery: Sequence[str] = (), rq: Sequence[str] = (), discover: bool = False,
+                 discover_interval: float = 60.0, scan_count: int = 1000,
+                 scan_max_calls: int = 100) -> None:
+        super().__init__(target, timeout)
+        self.client = client
+        self.prefix = bullmq_prefix
+        self.configured = {"bullmq": list(bullmq), "celery": list(celery), "rq": list(rq)}
+        self.discover = discover
+        self.discover_interval = discover_interval
+        self.scan_count = scan_count
+        self.scan_max_calls = scan_max_calls
+        self.discovered: dict[str, list[str]] = {"bullmq": [], "celery": [], "rq": []}
+        self._discovered_at: float | None = None
+        self.unacked: float | None = None
+
+    def queues(self, kind: str) -> list[str]:
+        """Configured queues of this kind, then discovered ones, each once."""
+        return list(dict.fromkeys([*self.configured[kind], *self.discovered[kind]]))
+
+    async def collect(self) -> list[Metric]:
+        if self.discover and (self._discovered_at is None
+                              or time.monotonic() - self._discovered_at > self.discover_interval):
+            self.discovered = await self.discover_queues()
+            self._discovered_at = time.monotonic()
+        readings = await self.read()
+        return self.families(readings)
+
+    # ------------------------------------------------------------ discovery
+
+    async def discover_queues(self) -> dict[str, list[str]]:
+        """Queues the libraries registered: rq:queues, kombu bindings, BullMQ meta keys."""
+        rq_keys: set[Any] = await self.client.smembers("rq:queues")  # type: ignore[misc]
+        rq = sorted(_text(k).removeprefix("rq:queue:") for k in rq_keys)
+        bull_meta = await self._scan(f"{_glob_escape(self.prefix)}:*:meta")
+        head, tail = len(self.prefix) + 1, len(":meta")
+        bullmq = sorted({k[head:-tail] for k in bull_meta})
+        celery: set[str] = set()
+        bindings = [k for k in await self._scan(f"{_glob_escape(CELERY_BINDING_PREFIX)}*")
+                    if k.removeprefix(CELERY_BINDING_PREFIX) not in CELERY_INTERNAL_EXCHANGES]
+        if bindings:
+            pipe = self.client.pipeline(transaction=False)
+            for key in bindings:
+                pipe.smembers(key)
+            for members in await pipe.execute():
+                for member in members:
+                    parts = _text(member).split(CELERY_SEP)
+                    if len(parts) == 3 and parts[2]:
+                        celery.add(parts[2])
+        return {"bullmq": bullmq, "celery": sorted(celery), "rq": rq}
+
+    async def _scan(self, match: str) -> list[str]:
+        # SCAN in bounded steps: never KEYS, never more than scan_max_calls round trips.
+        found: list[str] = []
+        cursor = 0
+        for _ in range(self.scan_max_calls):
+            cursor, keys = await self.client.scan(cursor, match=match, count=self.scan_count)
+            found.extend(_text(k) for k in keys)
+            if cursor == 0:
+                break
+        return found
+
+    # ------------------------------------------------------------ reading
+
+    async def read(self) -> list[QueueReading]:
+        """Every queue's numbers in one pipelined round trip (plus one for oldest jobs)."""
+        pipe = self.client.pipeline(transaction=False)
+        plan: list[tuple[QueueReading, str]] = []
+        bullmq, celery, rq = self.queues("bullmq"), self.queues("celery"), self.queues("rq")
+        for name in bullmq:
+            r = QueueReading("bullmq", name)
+            base = f"{self.prefix}:{name}:"
+            for state in BULLMQ_LISTS:
+                pipe.llen(base + state)
+                plan.append((r, state))
+            for state in BULLMQ_ZSETS:
+                pipe.zcard(base + state)
+                plan.append((r, state))
+            pipe.hexists(base + "meta", "paused")
+            plan.append((r, ":paused"))
+            pipe.lindex(base + "wait", -1)
+            plan.append((r, ":oldest"))
+            pipe.lindex(base + "paused", -1)
+            plan.append((r, ":oldest"))
+        for name in celery:
+            r = QueueReading("celery", name)
+            for suffix in CELERY_PRIORITY_SUFFIXES:
+                pipe.llen(name + suffix)
+                plan.append((r, ":depth"))
+        for name in rq:
+            r = QueueReading("rq", name)
+            pipe.llen("rq:queue:" + name)
+            plan.append((r, "queued"))
+            for state, key in RQ_REGISTRIES.items():
+                pipe.zcard(key + name)
+                plan.append((r, state))
+            pipe.scard("rq:workers:" + name)
+            plan.append((r, ":workers"))
+            pipe.lindex("rq:queue:" + name, 0)
+            plan.append((r, ":oldest"))
+        extra = 0
+        if bullmq:
+            pipe.client_list()
+            extra += 1
+        if rq:
+            pipe.exists("rq:suspended")
+            extra += 1
+        if celery:
+            pipe.hlen("unacked")
+            extra += 1
+        if not plan and not extra:
+            return []
+        replies = await pipe.execute()
+        readings = _fill(plan, replies[:len(plan)])
+        tail = list(replies[len(plan):])
+        clients = tail.pop(0) if bullmq else []
+        suspended = bool(tail.pop(0)) if rq else False
+        self.unacked = float(tail.pop(0)) if celery else None
+        by_queue = _bullmq_workers(clients, self.prefix) if bullmq else {}
+        for r in readings:
+            if r.kind == "bullmq":
+                r.workers = float(by_queue.get(r.queue, 0))
+            elif r.kind == "rq":
+                r.paused = 1.0 if suspended else 0.0
+        await self._oldest(readings)
+        return readings
+
+    async def _oldest(self, readings: Iterable[QueueReading]) -> None:
+        asked = [r for r in readings if r.oldest_job is not None]
+        if not asked:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        for r in asked:
+            if r.kind == "bullmq":
+                pipe.hget(f"{self.prefix}:{r.queue}:{r.oldest_job}", "timestamp")
+            else:
+                pipe.hget(f"rq:job:{r.oldest_job}", "enqueued_at")
+        now = time.time()
+        for r, value in zip(asked, await pipe.execute(), strict=True):
+            r.oldest_age = _age(r.kind, value, now)
+
+    def families(self, readings: Sequence[QueueReading]) -> list[Metric]:
+        """The queue families of these readings."""
+        labels = ("target", "kind", "queue")
+        t = self.target
+        depth = gauge("runbook_queue_depth", "Jobs waiting to be processed", labels)
+        jobs = gauge("runbook_queue_jobs", "Jobs by state, every state the library keeps",
+                     (*labels, "state"))
+        paused = gauge("runbook_queue_paused", "1 if the queue (RQ: all workers) is paused",
+                       labels)
+        oldest = gauge("runbook_queue_oldest_job_age_seconds",
+                       "Age of the oldest waiting job (0: none waiting)", labels)
+        workers = gauge("runbook_queue_workers", "Workers serving the queue", labels)
+        for r in readings:
+            key = [t, r.kind, r.queue]
+            depth.add_metric(key, r.depth)
+            for state, value in r.jobs.items():
+                jobs.add_metric([*key, state], value)
+            if r.paused is not None:
+                paused.add_metric(key, r.paused)
+            if r.kind != "celery":
+                oldest.add_metric(key, r.oldest_age or 0.0)
+            if r.workers is not None:
+                workers.add_metric(key, r.workers)
+        out: list[Metric] = [depth, jobs, paused, oldest, workers]
+        if self.unacked is not None:
+            unacked = gauge("runbook_queue_unacked",
+                            "Messages delivered but not acknowledged (Celery: per database)",
+                            ("target", "kind"))
+            unacked.add_metric([t, "celery"], self.unacked)
+            out.append(unacked)
+        return out
+
+
+def _fill(plan: list[tuple[QueueReading, str]], replies: Sequence[Any]) -> list[QueueReading]:
+    readings: dict[int, QueueReading] = {}
+    for (r, what), value in zip(plan, replies, strict=True):
+        readings.setdefault(id(r), r)
+        if what == ":paused":
+            r.paused = 1.0 if value else 0.0
+        elif what == ":oldest":
+            if value is not None and r.oldest_job is None:
+                job = _text(value)
+                if not job.startswith("0:"):  # BullMQ's legacy marker, not a job
+                    r.oldest_job = job
+        elif what == ":workers":
+            r.workers = float(value)
+        elif what == ":depth":
+            r.depth += float(value)
+        else:
+            r.jobs[what] = float(value)
+    for r in readings.values():
+        if r.kind == "bullmq":
+            r.depth = sum(r.jobs.get(s, 0.0) for s in BULLMQ_WAITING)
+        elif r.kind == "rq":
+            r.depth = r.jobs.get("queued", 0.0)
+        elif r.kind == "celery":
+            r.jobs["waiting"] = r.depth
+    return list(readings.values())
+
+
+def _bullmq_workers(clients: Sequence[dict[str, Any]], prefix: str) -> dict[str, int]:
+    """Workers per queue from CLIENT LIST names, as BullMQ's own getWorkers counts them."""
+    import base64
+    import binascii
+
+    counts: dict[str, int] = {}
+    head = prefix + ":"
+    for client in clients:
+        name = _text(client.get("name") or "")
+        if not name.startswith(head):
+            continue
+        encoded = name[len(head):]
+        if ":" in encoded:
+            encoded, _, rest = encoded.partition(":")
+            if not rest.startswith("w:"):
+                continue
+        try:
+            queue = base64.b64decode(encoded, validate=True).decode()
+        except (binascii.Error, UnicodeDecodeError):
+            continue
+        counts[queue] = counts.get(queue, 0) + 1
+    return counts
+
+
+def _age(kind: str, value: Any, now: float) -> float | None:
+    if value is None:
+        return None
+    text = _text(value)
+    try:
+        if kind == "bullmq":
+            stamp = float(text) / 1000.0
+        else:
+            stamp = datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        return None
+    return max(0.0, now - stamp)
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _glob_escape(text: str) -> str:
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)

@@ -1,0 +1,70 @@
+"""`runbook exporter --runbook FILE [--listen HOST:PORT]`: serve the runbook's metrics."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from aiohttp import web
+
+from exporter.app import build_app
+from exporter.collectors import COLLECTORS, Options
+from exporter.resources import ConfigError
+from runbook.loader import LoadedRunbook, RunbookError, load_runbook
+
+# Just below Prometheus' own 9090 and outside the 9100-9999 range the Prometheus wiki hands
+# out to exporters, so no registered exporter can collide with it.
+DEFAULT_LISTEN = "127.0.0.1:9089"
+
+HELP = "serve the metrics a runbook watches on /metrics (with no runbook: the host and itself)"
+EXAMPLES = (
+    "  runbook exporter --runbook runbook.yml\n"
+    "  runbook exporter --runbook runbook.yml --listen 0.0.0.0:9089\n"
+    "  runbook exporter            # host and exporter metrics only\n"
+)
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """HOST:PORT (an IPv6 host in brackets) as host and port."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT (e.g. 127.0.0.1:9089)")
+    return host.strip("[]") or "0.0.0.0", int(port)  # noqa: S104 - ":9089" means every address
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--runbook", metavar="FILE", help="the runbook file (default: none)")
+    parser.add_argument("--listen", type=parse_listen, default=parse_listen(DEFAULT_LISTEN),
+                        metavar="HOST:PORT", help=f"address to serve on (default {DEFAULT_LISTEN})")
+    parser.add_argument("--collectors", metavar="NAMES",
+                        help="comma-separated collectors to run (default: all of "
+                             + ", ".join(COLLECTORS) + ")")
+    parser.add_argument("--state-dir", metavar="DIR",
+                        help="where log followers keep their positions across restarts")
+    parser.add_argument("--proc-root", default="/proc", metavar="DIR", help=argparse.SUPPRESS)
+    parser.add_argument("--cgroup-root", default="/sys/fs/cgroup", metavar="DIR",
+                        help=argparse.SUPPRESS)
+
+
+def run(args: argparse.Namespace) -> int:
+    loaded: LoadedRunbook | None = None
+    if args.runbook:
+        try:
+            loaded = load_runbook(args.runbook)
+        except RunbookError as exc:
+            for error in exc.errors:
+                print(error, file=sys.stderr)
+            return 1
+    names = [n.strip() for n in args.collectors.split(",") if n.strip()] \
+        if args.collectors else None
+    options = Options(proc_root=args.proc_root, cgroup_root=args.cgroup_root,
+                      state_dir=args.state_dir)
+    try:
+        app = build_app(loaded, collectors=names, options=options)
+    except ConfigError as exc:
+        print(f"runbook exporter: {exc}", file=sys.stderr)
+        return 2
+    host, port = args.listen
+    print(f"runbook exporter: serving http://{host}:{port}/metrics", file=sys.stderr, flush=True)
+    web.run_app(app, host=host, port=port, print=None, access_log=None)
+    return 0
