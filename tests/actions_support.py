@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import textwrap
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import aiohttp
+from aiohttp import web
 
 from responder.actions.base import ActionContext, AlertView, Outcome
 from runbook.loader import LoadedRunbook, load_text
+from tests.servers import free_port
 
 STARTS = datetime(2026, 11, 25, 8, 0, 0, tzinfo=UTC)
 
@@ -47,3 +54,52 @@ def context(
         history=list(history or []),
         incident_url="http://responder.example/incidents/7",
     )
+
+
+@dataclass
+class Recorded:
+    """One request the recording server received."""
+
+    method: str
+    raw_path: str
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+@dataclass
+class Recorder:
+    """A local HTTP server that records every request and answers with the status set per path."""
+
+    url: str = ""
+    requests: list[Recorded] = field(default_factory=list)
+    status: dict[str, int] = field(default_factory=dict)
+    delay: float = 0.0
+
+    async def handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        self.requests.append(Recorded(request.method, request.raw_path, dict(request.headers), body))
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        code = self.status.get(request.path, 200)
+        return web.Response(status=code, text="ok" if code < 300 else "invalid_payload")
+
+
+@asynccontextmanager
+async def recorder() -> AsyncIterator[Recorder]:
+    """Start a Recorder on a free loopback port; stop it afterwards."""
+    rec = Recorder()
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", rec.handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    port = free_port()
+    site = web.TCPSite(runner, "127.0.0.1", port)
+    await site.start()
+    rec.url = f"http://127.0.0.1:{port}"
+    try:
+        yield rec
+    finally:
+        await runner.cleanup()
