@@ -80,7 +80,8 @@ class Recorder:
 
     async def handle(self, request: web.Request) -> web.Response:
         body = await request.read()
-        self.requests.append(Recorded(request.method, request.raw_path, dict(request.headers), body))
+        headers = dict(request.headers)
+        self.requests.append(Recorded(request.method, request.raw_path, headers, body))
         if self.delay:
             await asyncio.sleep(self.delay)
         code = self.status.get(request.path, 200)
