@@ -285,8 +285,7 @@ def _reason(err: Any, fields: list[str]) -> str:
         close = get_close_matches(str(key), fields, n=1)
         hint = f"did you mean {close[0]}?" if close else "known keys: " + ", ".join(sorted(fields))
         secret = " (secrets are never inline: name an env var with a *_env key)" \
-            if any(word in str(key).lower() for word in ("key", "token", "password", "secret")) \
-            and f"{key}_env" in fields else ""
+            if f"{key}_env" in fields else ""
         return f"unknown key {key!r} ({hint}){secret}"
     if kind == "missing":
         return "required key is missing"

@@ -1,0 +1,577 @@
+"""Broken runbooks: each error names the file, the line, the key path and the reason."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from runbook.loader import LoadedRunbook, RunbookError, load_runbook
+
+# (line, key path, words the reason must hold); the path is "" for file-level errors.
+Expected = tuple[int, str, tuple[str, ...]]
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "broken.yml"
+    path.write_text(textwrap.dedent(text).lstrip("\n"), encoding="utf-8")
+    return path
+
+
+def load(tmp_path: Path, text: str) -> LoadedRunbook:
+    return load_runbook(write(tmp_path, text))
+
+
+def errors_of(tmp_path: Path, text: str) -> list[str]:
+    path = write(tmp_path, text)
+    with pytest.raises(RunbookError) as caught:
+        load_runbook(path)
+    assert str(caught.value) == "\n".join(str(e) for e in caught.value.errors)
+    return [str(e) for e in caught.value.errors]
+
+
+def check(tmp_path: Path, text: str, *expected: Expected) -> None:
+    """The load fails with exactly these errors, in this order."""
+    got = errors_of(tmp_path, text)
+    file = str(tmp_path / "broken.yml")
+    assert len(got) == len(expected), "\n".join(got)
+    for line, (number, path, words) in zip(got, expected, strict=True):
+        prefix = f"{file}:{number}: {path}: " if path else f"{file}:{number}: "
+        assert line.startswith(prefix), f"{line!r} does not start with {prefix!r}"
+        reason = line[len(prefix):]
+        for word in words:
+            assert word in reason, f"{word!r} not in {reason!r}"
+
+
+# ------------------------------------------------------------------ types and keys
+
+
+def test_wrong_type(tmp_path: Path) -> None:
+    check(tmp_path, """
+        service: api
+        watch:
+          http:
+            - name: health
+              url: http://127.0.0.1:8080/health
+              expect_status: ok
+        """, (6, "watch.http[0].expect_status", ("valid list", "'ok'")))
+
+
+def test_wrong_type_of_section(tmp_path: Path) -> None:
+    check(tmp_path, """
+        service: api
+        respond: {mode: page}
+        """, (2, "respond", ("valid list",)))
+
+
+def test_unknown_key_with_did_you_mean(tmp_path: Path) -> None:
+    check(tmp_path, """
+        service: api
+        alerts:
+          memory_usage:
+            warning: 70%
+            critcal: 85%
+            for: 5m
+        """, (5, "alerts.memory_usage.critcal", ("unknown key 'critcal'",
+                                                 "did you mean critical?")))
+
+
+def test_unknown_top_level_key(tmp_path: Path) -> None:
+    check(tmp_path, """
+        service: api
+        alert:
+          memory_usage: {warning: 70%, for: 5m}
+        """, (2, "alert", ("unknown key 'alert'", "did you mean alerts?")))
+
+
+def test_unknown_collector_lists_the_known_ones(tmp_path: Path) -> None:
+    check(tmp_path, """
+        service: api
+        watch:
+          mysql: {}
+          htp: []
+        """,
+          (3, "watch.mysql", ("unknown key 'mysql'", "known keys: app, freshness, host, http")),
+          (4, "watch.htp", ("unknown key 'htp'", "did you mean http?")))
+
+
+def test_missing_service(tmp_path: Path) -> None:
+    check(tmp_path, """
+        alerts: {}
+        """, (1, "service", ("required key is missing",)))
+
+
+def test_bad_service_name(tmp_path: Path) -> None:
+    check(tmp_path, """
+        service: My API
+        """, (1, "service", ("pattern", "'My API'")))
+
+
+# ------------------------------------------------------------------ units
+
+
+def test_bad_duration(tmp_path: Path) -> None:
+    check(tmp_path, """
+        service: api
+        alerts:
+          memory_usage:
+            warning: 70%
+            for: 5 minutes
+        """, (5, "alerts.memory_usage.for", ("'5 minutes' is not a duration", "5m")))
+
+
+def test_duration_units_out_of_order(tmp_path: Path) -> None:
+    check(tmp_path, """
+        service: api
+        respond:
+          - match: {severity: critical}
+            cooldown: 30m1h
+        """, (4, "respond[0].cooldown", ("'30m1h'", "largest first")))
+
+
+def test_ratio_over_100_percent(tmp_path: Path) -> None:
+    check(tmp_path, """
+        service: api
+        alerts:
+          memory_usage:
+            warning: 170%
+            for: 5m
+        """, (4, "alerts.memory_usage.warning", ("'170%' is over 100%", "ratio")))
+
+
+def test_ratio_not_a_number(tmp_path: Path) -> None:
+    check(tmp_path, """
+        service: api
+        alerts:
+          disk_usage: {warning: lots, for: 5m}
+        """, (3, "alerts.disk_usage.warning", ("'lots' is not a ratio", "70%")))
+
+
+def test_latency_threshold_is_a_duration(tmp_path: Path) -> None:
+    check(tmp_path, """
+        service: api
+        alerts:
+          latency_p95:
+            warning: 500
+            critical: 4 s
+            for: 5m
+        """, (5, "alerts.latency_p95.critical", ("'4 s' is not a duration", "seconds")))
+
+
+def test_bad_size(tmp_path: Path) -> None:
+    check(tmp_path, """
+        service: api
+        watch:
+          host:
+            memory_limit: 4 gigs
+        """, (4, "watch.host.memory_limit", ("'4 gigs' is not a size", "3.4GB", "GiB")))
+
+
+def test_slo_objective_out_of_range(tmp_path: Path) -> None:
+    check(tmp_path, """
+        service: api
+        slos:
+          - {name: availability, objective: 100%}
+        """, (3, "slos[0].objective", ("between 0% and 100%", "99.9%")))
+
+
+# ------------------------------------------------------------------ alerts
+
+
+def test_tiers_out_of_order_above(tmp_path: Path) -> None:
+    check(tmp_path, """
+        service: api
+        alerts:
+          cpu_usage:
+            warning: 90%
+            critical: 70%
+            for: 5m
+        """, (5, "alerts.cpu_usage.critical", ("tiers out of order", "critical (0.7) must be "
+                                                "above warning (0.9)")))
+
+
+def test_tiers_out_of_order_below(tmp_path: Path) -> None:
+    check(tmp_path, """
+        service: api
+        watch:
+          redis:
+            - {name: cache, url_env: REDIS_URL}
+        alerts:
+          cache_hit_rate:
+            warning: 50%
+            critical: 70%
+            for: 5m
+        """, (8, "alerts.cache_hit_rate.critical", ("tiers out of order", "`below`",
+                                                     "critical (0.7) must be below warning (0.5)")))
+
+
+def test_three_tiers_out_of_order(tmp_path: Path) -> None:
+    check(tmp_path, """
+        service: api
+        alerts:
+          error_rate:
+            medium: 5%
+            high: 20%
+            critical: 10%
+            for: 5m
+        """, (6, "alerts.error_rate.critical", ("critical (0.1) must be above high (0.2)",)))
+
+
+def test_missing_for(tmp_path: Path) -> None:
+    check(tmp_path, """
+        service: api
+        alerts:
+          memory_usage:
+            warning: 70%
+            critical: 85%
+        """, (4, "alerts.memory_usage.warning", ("no `for` duration", "for: 5m")))
+
+
+def test_unknown_signal(tmp_path: Path) -> None:
+    check(tmp_path, """
+        service: api
+        alerts:
+          memory_usage: {warning: 70%, for: 5m}
+          queue_dept: {warning: 10, for: 5m}
+        """, (4, "alerts.queue_dept", ("unknown signal 'queue_dept'", "did you mean queue_depth?")))
+
+
+def test_unknown_signal_named_by_signal_key(tmp_path: Path) -> None:
+    check(tmp_path, """
+        service: api
+        alerts:
+          slow_api:
+            signal: latncy_p95
+            warning: 1s
+            for: 5m
+        """, (4, "alerts.slow_api.signal", ("unknown signal 'latncy_p95'",
+                                             "did you mean latency_p95?")))
+
+
+def test_signal_without_its_watch_source(tmp_path: Path) -> None:
+    check(tmp_path, """
+        service: api
+        alerts:
+          queue_depth: {warning: 10, for: 5m}
+        """, (3, "alerts.queue_depth", ("queue_depth is measured from queues under a "
+                                         "watch.redis target",)))
+
+
+def test_several_errors_reported_at_once_in_line_order(tmp_path: Path) -> None:
+    check(tmp_path, """
+        service: API
+        alerts:
+          memory_usage:
+            warning: 70%
+            for: 5m
+            critical: 60%
+          disk_usage: {warning: lots, for: 5m}
+        """,
+          (1, "service", ("pattern",)),
+          (6, "alerts.memory_usage.critical", ("tiers out of order",)),
+          (7, "alerts.disk_usage.warning", ("'lots' is not a ratio",)))
+
+
+# ------------------------------------------------------------------ respond
+
+
+def test_match_naming_no_defined_alert(tmp_path: Path) -> None:
+    check(tmp_path, """
+        service: api
+        alerts:
+          memory_usage: {warning: 70%, for: 5m}
+        respond:
+          - match: {alertname: MemoryUsageHihg}
+            mode: page
+        """, (5, "respond[0].match.alertname", ("no alert in this runbook is named "
+                                                 "'MemoryUsageHihg'",
+                                                 "did you mean MemoryUsageHigh?")))
+
+
+def test_match_external_alert_needs_external_true(tmp_path: Path) -> None:
+    text = """
+        service: api
+        respond:
+          - match: {alertname: KubePodCrashLooping}
+            mode: page@EXTERNAL@
+        """
+    check(tmp_path, text.replace("@EXTERNAL@", ""),
+          (3, "respond[0].match.alertname", ("'KubePodCrashLooping'", "external: true")))
+    loaded = load(tmp_path, text.replace("@EXTERNAL@", "\n            external: true"))
+    assert loaded.runbook.respond[0].external
+
+
+def test_matchers_naming_no_defined_alert(tmp_path: Path) -> None:
+    check(tmp_path, """
+        service: api
+        alerts:
+          disk_usage: {warning: 80%, for: 5m}
+        respond:
+          - matchers: ['alertname="DiskUsgeHigh"', 'severity="warning"']
+        """, (5, "respond[0].matchers", ("'DiskUsgeHigh'", "did you mean DiskUsageHigh?")))
+
+
+def test_bad_matcher(tmp_path: Path) -> None:
+    check(tmp_path, """
+        service: api
+        respond:
+          - matchers: ['alertname=~"(unclosed"']
+            external: true
+        """, (3, "respond[0].matchers[0]", ("'(unclosed' is not a regular expression",)))
+
+
+def test_unknown_action_with_did_you_mean(tmp_path: Path) -> None:
+    check(tmp_path, """
+        service: api
+        alerts:
+          memory_usage: {warning: 70%, for: 5m}
+        respond:
+          - match: {alertname: MemoryUsageHigh}
+            mode: auto
+            do:
+              - exce: [systemctl, restart, api]
+        """, (8, "respond[0].do[0]", ("unknown action 'exce'", "did you mean exec?")))
+
+
+def test_unknown_watch_target_referenced_by_an_action(tmp_path: Path) -> None:
+    check(tmp_path, """
+        service: api
+        watch:
+          redis:
+            - name: main
+              url_env: REDIS_URL
+              queues: {bullmq: [scrape]}
+        alerts:
+          queue_depth: {warning: 10, for: 5m}
+        respond:
+          - match: {alertname: QueueDepthHigh}
+            mode: auto
+            do:
+              - bullmq_pause: {redis: mian, queue: scrape}
+        """, (13, "respond[0].do[0].bullmq_pause.redis", ("'mian' is not a target defined under "
+                                                           "watch.redis", "did you mean main?")))
+
+
+def test_mode_auto_without_actions(tmp_path: Path) -> None:
+    check(tmp_path, """
+        service: api
+        alerts:
+          memory_usage: {warning: 70%, for: 5m}
+        respond:
+          - match: {alertname: MemoryUsageHigh}
+            mode: auto
+        """, (5, "respond[0]", ("mode auto needs at least one action in do",)))
+
+
+def test_flushdb_without_confirm(tmp_path: Path) -> None:
+    check(tmp_path, """
+        service: api
+        watch:
+          redis:
+            - {name: main, url_env: REDIS_URL}
+        alerts:
+          memory_usage: {warning: 70%, for: 5m}
+        respond:
+          - match: {alertname: MemoryUsageHigh}
+            mode: auto
+            do:
+              - redis_flushdb: {redis: main}
+        """, (11, "respond[0].do[0].redis_flushdb", ("empties the database", "confirm: true")))
+
+
+def test_exec_argv_shorthand_errors_point_at_the_list(tmp_path: Path) -> None:
+    check(tmp_path, """
+        service: api
+        respond:
+          - match: {severity: critical}
+            external: true
+            mode: auto
+            do:
+              - exec: []
+              - exec: [ls, 3]
+        """,
+          (7, "respond[0].do[0].exec", ("at least 1 item",)),
+          (8, "respond[0].do[1].exec[1]", ("valid string", "got 3")))
+
+
+# ------------------------------------------------------------------ secrets
+
+
+def test_inline_routing_key(tmp_path: Path) -> None:
+    check(tmp_path, """
+        service: api
+        page:
+          critical:
+            pagerduty:
+              routing_key: abc123
+        """, (5, "page.critical.pagerduty.routing_key", (
+              "unknown key 'routing_key'", "did you mean routing_key_env?",
+              "secrets are never inline")))
+
+
+def test_inline_slack_webhook(tmp_path: Path) -> None:
+    check(tmp_path, """
+        service: api
+        page:
+          warning:
+            - slack: {webhook_url: "https://hooks.slack.com/services/T/B/x"}
+        """, (4, "page.warning[0].slack.webhook_url", ("did you mean webhook_url_env?",
+                                                        "secrets are never inline")))
+
+
+def test_password_inside_redis_url(tmp_path: Path) -> None:
+    check(tmp_path, """
+        service: api
+        watch:
+          redis:
+            - name: main
+              url: rediss://user:hunter2@cache.internal:6380/0
+        """, (5, "watch.redis[0].url", ("password written inline", "url_env")))
+
+
+def test_env_name_holding_a_value(tmp_path: Path) -> None:
+    check(tmp_path, """
+        service: api
+        watch:
+          postgres:
+            - name: main
+              dsn_env: postgresql://app:secret@db/app
+        """, (5, "watch.postgres[0].dsn_env", ("not an environment variable name",
+                                                "never written inline")))
+
+
+# ------------------------------------------------------------------ files and YAML
+
+
+def test_yaml_syntax_error(tmp_path: Path) -> None:
+    check(tmp_path, """
+        service: api
+        alerts:
+          memory_usage: {warning: 70%, for: 5m
+        respond: []
+        """, (4, "", ("YAML syntax error", "expected ',' or '}'",
+                      "flow mapping started on line 3")))
+
+
+def test_yaml_tab_indentation(tmp_path: Path) -> None:
+    path = tmp_path / "broken.yml"
+    path.write_text("service: api\n\talerts: {}\n", encoding="utf-8")
+    with pytest.raises(RunbookError) as caught:
+        load_runbook(path)
+    assert [str(e) for e in caught.value.errors] == [
+        f"{path}:2: YAML syntax error: found character '\\t' that cannot start any token"]
+
+
+@pytest.mark.parametrize("text", ["", "\n\n", "# nothing but a comment\n"])
+def test_empty_file(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "broken.yml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(RunbookError) as caught:
+        load_runbook(path)
+    assert [str(e) for e in caught.value.errors] == [
+        f"{path}:1: the file is empty (a runbook needs at least `service:`)"]
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    path = tmp_path / "absent.yml"
+    with pytest.raises(RunbookError) as caught:
+        load_runbook(path)
+    (error,) = caught.value.errors
+    assert str(error).startswith(f"{path}:1: cannot read the file")
+
+
+def test_duplicate_nested_key(tmp_path: Path) -> None:
+    check(tmp_path, """
+        service: api
+        alerts:
+          memory_usage:
+            warning: 70%
+            warning: 80%
+            for: 5m
+        """, (5, "alerts.memory_usage.warning", ("duplicate key", "first set on line 4")))
+
+
+def test_duplicate_top_level_key(tmp_path: Path) -> None:
+    check(tmp_path, """
+        service: api
+        alerts: {}
+        service: web
+        """, (3, "service", ("duplicate key", "first set on line 1")))
+
+
+def test_duplicate_key_in_a_list_item(tmp_path: Path) -> None:
+    check(tmp_path, """
+        service: api
+        watch:
+          http:
+            - name: a
+              url: http://127.0.0.1:1/health
+              url: http://127.0.0.1:2/health
+        """, (6, "watch.http[0].url", ("duplicate key", "first set on line 5")))
+
+
+@pytest.mark.parametrize(("text", "kind"), [("- service: api\n", "list"),
+                                             ("just a string\n", "str")])
+def test_file_that_is_not_a_mapping(tmp_path: Path, text: str, kind: str) -> None:
+    path = tmp_path / "broken.yml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(RunbookError) as caught:
+        load_runbook(path)
+    assert [str(e) for e in caught.value.errors] == [
+        f"{path}:1: a runbook is a mapping of keys (service:, watch:, alerts:, ...), not {kind}"]
+
+
+# ------------------------------------------------------------------ watch and maintenance
+
+
+def test_bad_time_zone(tmp_path: Path) -> None:
+    check(tmp_path, """
+        service: api
+        maintenance:
+          - name: weekly
+            weekly: {days: [sun], start: "02:00", end: "04:00"}
+            timezone: Mars/Olympus
+        """, (5, "maintenance[0].timezone", ("'Mars/Olympus' is not a known time zone",)))
+
+
+def test_bad_time_of_day(tmp_path: Path) -> None:
+    check(tmp_path, """
+        service: api
+        maintenance:
+          - name: weekly
+            weekly: {days: [sun], start: "2:00", end: "04:00"}
+        """, (4, "maintenance[0].weekly.start", ("'2:00' is not a time of day", "HH:MM")))
+
+
+def test_bad_regex_in_log_patterns(tmp_path: Path) -> None:
+    check(tmp_path, """
+        service: api
+        watch:
+          logs:
+            - name: app
+              path: /var/log/app.log
+              patterns:
+                error: "([unclosed"
+        """, (6, "watch.logs[0].patterns", ("error: '([unclosed' is not a regular expression",)))
+
+
+def test_freshness_names_unknown_redis_target(tmp_path: Path) -> None:
+    check(tmp_path, """
+        service: api
+        watch:
+          redis:
+            - {name: main, url_env: REDIS_URL}
+          freshness:
+            - {name: nightly, redis_key: "cron:nightly:last", redis: mainn}
+        """, (6, "watch.freshness[0].redis", ("'mainn' is not a target defined under watch.redis",
+                                               "did you mean main?")))
+
+
+def test_page_keyed_by_unknown_severity(tmp_path: Path) -> None:
+    check(tmp_path, """
+        service: api
+        page:
+          urgent:
+            slack: {webhook_url_env: SLACK_WEBHOOK_URL}
+        """, (3, "page.urgent", ("page is keyed by severity", "critical")))
