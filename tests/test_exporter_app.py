@@ -1,0 +1,174 @@
+"""The app: endpoints, formats, deadlines, dead and black-holed targets, promtool."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from prometheus_client.openmetrics.parser import text_fd_to_metric_families
+
+from exporter.app import build_app
+from exporter.collectors import Options
+from exporter.resources import ConfigError
+from exporter.scrape import deadline_from_header
+from tests.servers import free_port
+from tests.test_exporter_support import (
+    black_hole,
+    runbook,
+    samples,
+    scrape_text,
+    serve,
+    value,
+)
+
+
+async def test_no_runbook_watches_host_and_itself() -> None:
+    async with serve(None) as client:
+        found = samples(await scrape_text(client))
+        assert value(found, "runbook_collector_up", collector="host", target="host") == 1
+        assert value(found, "runbook_host_memory_limit_bytes", target="host") > 0
+        assert value(found, "process_resident_memory_bytes") > 0
+        for path in ("/health", "/health/ready"):
+            response = await client.get(path)
+            assert response.status == 200
+        detail = await (await client.get("/health/detail")).json()
+        assert detail["collectors"][0]["collector"] == "host"
+        assert detail["collectors"][0]["last_success"] is not None
+
+
+async def test_gzip_and_openmetrics_on_request() -> None:
+    async with serve(None) as client:
+        response = await client.get("/metrics", headers={"Accept-Encoding": "gzip"},
+                                    auto_decompress=False)
+        assert response.headers["Content-Encoding"] == "gzip"
+        body = gzip.decompress(await response.read()).decode()
+        assert "runbook_collector_up" in body
+        plain = await client.get("/metrics", headers={"Accept-Encoding": "identity"},
+                                 auto_decompress=False)
+        assert "Content-Encoding" not in plain.headers
+        assert plain.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+        om = await client.get("/metrics", headers={
+            "Accept": "application/openmetrics-text;version=1.0.0,text/plain;q=0.5"})
+        assert om.headers["Content-Type"].startswith("application/openmetrics-text")
+        text = await om.text()
+        assert text.rstrip().endswith("# EOF")
+        assert "runbook_host_cpu_seconds_total" in text
+
+
+def test_unknown_collector_fails_at_start() -> None:
+    with pytest.raises(ConfigError, match="unknown collector 'quees' \\(did you mean queues"):
+        build_app(None, collectors=["host", "quees"])
+
+
+def test_missing_env_var_fails_at_start() -> None:
+    loaded = runbook("watch:\n  redis:\n    - {name: cache, url_env: CACHE_URL}\n")
+    with pytest.raises(ConfigError, match="env var CACHE_URL is not set"):
+        build_app(loaded, env={})
+
+
+def test_deadline_comes_from_the_prometheus_header() -> None:
+    assert deadline_from_header("10") == pytest.approx(9.5)
+    assert deadline_from_header(None) == 10.0
+    assert deadline_from_header("nonsense") == 10.0
+    assert deadline_from_header("-3") == 10.0
+    assert deadline_from_header("0.2") == pytest.approx(0.05)
+
+
+async def test_dead_redis_gives_up_zero_not_an_error(redis_url: str) -> None:
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    loaded = runbook(f"watch:\n  redis:\n    - {{name: live, url: '{redis_url}'}}\n"
+                     f"    - {{name: dead, url: '{dead}'}}\n")
+    async with serve(loaded, collectors=["redis"]) as client:
+        found = samples(await scrape_text(client))
+        assert value(found, "runbook_redis_up", target="live") == 1
+        assert value(found, "runbook_redis_up", target="dead") == 0
+        assert value(found, "runbook_collector_up", collector="redis", target="dead") == 0
+        assert value(found, "runbook_redis_memory_used_bytes", target="live") > 0
+        detail = await (await client.get("/health/detail")).json()
+        dead_row = next(r for r in detail["collectors"] if r["target"] == "dead")
+        assert "ConnectionError" in dead_row["last_error"]
+        assert dead_row["last_success"] is None
+
+
+async def test_black_holed_targets_are_cut_at_the_deadline_and_the_rest_is_whole(
+        redis_url: str, postgres_dsn: str) -> None:
+    with black_hole() as port:
+        loaded = runbook(
+            "watch:\n  redis:\n"
+            f"    - {{name: live, url: '{redis_url}', queues: {{rq: [q]}}}}\n"
+            f"    - {{name: hole, url: 'redis://127.0.0.1:{port}/0', timeout: 30s,"
+            " queues: {rq: [q]}}\n"
+            "  postgres:\n"
+            "    - {name: db, dsn_env: DB_DSN}\n"
+            "    - {name: pghole, dsn_env: HOLE_DSN, timeout: 30s}\n")
+        env = {"DB_DSN": postgres_dsn, "HOLE_DSN": f"postgresql://u@127.0.0.1:{port}/x"}
+        async with serve(loaded, env=env) as client:
+            started = time.monotonic()
+            found = samples(await scrape_text(client, timeout=1.5))
+            elapsed = time.monotonic() - started
+            assert elapsed < 1.5, elapsed
+            for collector, target in (("redis", "hole"), ("queues", "hole"),
+                                      ("postgres", "pghole")):
+                assert value(found, "runbook_collector_up", collector=collector,
+                             target=target) == 0
+                assert value(found, "runbook_collector_duration_seconds", collector=collector,
+                             target=target) == pytest.approx(1.0, abs=0.2)
+            assert value(found, "runbook_redis_up", target="live") == 1
+            assert value(found, "runbook_pg_up", target="db") == 1
+            assert value(found, "runbook_queue_depth", target="live", kind="rq", queue="q") == 0
+            assert value(found, "runbook_host_memory_used_bytes", target="host") > 0
+            detail = await (await client.get("/health/detail")).json()
+            hole = next(r for r in detail["collectors"] if r["target"] == "hole")
+            assert hole["last_error"].startswith("timed out after 1")
+
+
+async def test_collector_timeout_caps_the_deadline(redis_url: str) -> None:
+    with black_hole() as port:
+        loaded = runbook("watch:\n  redis:\n"
+                         f"    - {{name: hole, url: 'redis://127.0.0.1:{port}/0', timeout: 300ms}}\n")
+        async with serve(loaded, collectors=["redis"]) as client:
+            started = time.monotonic()
+            found = samples(await scrape_text(client, timeout=10))
+            assert time.monotonic() - started < 2
+            assert value(found, "runbook_redis_up", target="hole") == 0
+
+
+async def test_full_scrape_passes_promtool(redis_url: str, postgres_dsn: str, promtool: str,
+                                           tmp_path: Path) -> None:
+    log = tmp_path / "app.log"
+    log.write_text("")
+    loaded = runbook(
+        "watch:\n"
+        "  http:\n    - {name: api, url: 'http://127.0.0.1:1/health', interval: 1s, timeout: 1s}\n"
+        f"  redis:\n    - {{name: cache, url: '{redis_url}',"
+        " queues: {bullmq: [mail], celery: [celery], rq: [default]}}\n"
+        "  postgres:\n    - name: db\n      dsn_env: DB_DSN\n      queries:\n"
+        "        - {name: tables, sql: 'SELECT schemaname, count(*) AS n FROM pg_tables"
+        " GROUP BY 1', value: n, labels: [schemaname]}\n"
+        f"  logs:\n    - {{name: app, path: '{log}', patterns: {{error: ERROR}}}}\n"
+        f"  freshness:\n    - {{name: backup, file: '{log}'}}\n"
+        "alerts:\n  latency_p95: {warning: 300ms, critical: 1.5s, for: 5m}\n")
+    async with serve(loaded, env={"DB_DSN": postgres_dsn},
+                     options=Options(state_dir=str(tmp_path / "state"))) as client:
+        text = await scrape_text(client)
+        om = await (await client.get("/metrics", headers={
+            "Accept": "application/openmetrics-text"})).text()
+    # promtool reads the Prometheus text format; the OpenMetrics body is checked by its parser.
+    result = subprocess.run([promtool, "check", "metrics"], input=text, text=True,
+                            capture_output=True, timeout=30)
+    assert result.returncode == 0, result.stdout + result.stderr
+    om_names = {f.name for f in text_fd_to_metric_families(io.StringIO(om))}
+    assert "runbook_host_cpu_seconds" in om_names
+    found = samples(text)
+    for collector in ("host", "http", "redis", "queues", "postgres", "logs", "freshness"):
+        ups = [v for (n, labels), v in found.items()
+               if n == "runbook_collector_up" and ("collector", collector) in labels]
+        assert ups == [1.0], (collector, ups)
+    buckets = {dict(labels)["le"] for (n, labels) in found if n ==
+               "runbook_probe_duration_seconds_bucket"}
+    assert {"0.3", "1.5"} <= buckets
+    assert value(found, "runbook_pg_query_tables", target="db", schemaname="pg_catalog") > 0
