@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import io
 import subprocess
@@ -108,7 +109,7 @@ async def test_black_holed_targets_are_cut_at_the_deadline_and_the_rest_is_whole
         env = {"DB_DSN": postgres_dsn, "HOLE_DSN": f"postgresql://u@127.0.0.1:{port}/x"}
         async with serve(loaded, env=env) as client:
             started = time.monotonic()
-            found = samples(await scrape_text(client, timeout=1.5))
+            found = samples(await scrape_text(client, scrape_timeout=1.5))
             elapsed = time.monotonic() - started
             assert elapsed < 1.5, elapsed
             for collector, target in (("redis", "hole"), ("queues", "hole"),
@@ -128,13 +129,16 @@ async def test_black_holed_targets_are_cut_at_the_deadline_and_the_rest_is_whole
 
 async def test_collector_timeout_caps_the_deadline(redis_url: str) -> None:
     with black_hole() as port:
-        loaded = runbook("watch:\n  redis:\n"
-                         f"    - {{name: hole, url: 'redis://127.0.0.1:{port}/0', timeout: 300ms}}\n")
+        url = f"redis://127.0.0.1:{port}/0"
+        loaded = runbook(f"watch:\n  redis:\n    - {{name: hole, url: '{url}', timeout: 300ms}}\n")
         async with serve(loaded, collectors=["redis"]) as client:
             started = time.monotonic()
-            found = samples(await scrape_text(client, timeout=10))
+            found = samples(await scrape_text(client, scrape_timeout=10))
             assert time.monotonic() - started < 2
             assert value(found, "runbook_redis_up", target="hole") == 0
+
+
+TABLES_SQL = "SELECT schemaname, count(*) AS n FROM pg_tables GROUP BY 1"
 
 
 async def test_full_scrape_passes_promtool(redis_url: str, postgres_dsn: str, promtool: str,
@@ -147,8 +151,7 @@ async def test_full_scrape_passes_promtool(redis_url: str, postgres_dsn: str, pr
         f"  redis:\n    - {{name: cache, url: '{redis_url}',"
         " queues: {bullmq: [mail], celery: [celery], rq: [default]}}\n"
         "  postgres:\n    - name: db\n      dsn_env: DB_DSN\n      queries:\n"
-        "        - {name: tables, sql: 'SELECT schemaname, count(*) AS n FROM pg_tables"
-        " GROUP BY 1', value: n, labels: [schemaname]}\n"
+        f"        - {{name: tables, sql: '{TABLES_SQL}', value: n, labels: [schemaname]}}\n"
         f"  logs:\n    - {{name: app, path: '{log}', patterns: {{error: ERROR}}}}\n"
         f"  freshness:\n    - {{name: backup, file: '{log}'}}\n"
         "alerts:\n  latency_p95: {warning: 300ms, critical: 1.5s, for: 5m}\n")
@@ -158,10 +161,10 @@ async def test_full_scrape_passes_promtool(redis_url: str, postgres_dsn: str, pr
         om = await (await client.get("/metrics", headers={
             "Accept": "application/openmetrics-text"})).text()
     # promtool reads the Prometheus text format; the OpenMetrics body is checked by its parser.
-    result = subprocess.run([promtool, "check", "metrics"], input=text, text=True,
-                            capture_output=True, timeout=30)
+    result = await asyncio.to_thread(subprocess.run, [promtool, "check", "metrics"], input=text,
+                                     text=True, capture_output=True, timeout=30)
     assert result.returncode == 0, result.stdout + result.stderr
-    om_names = {f.name for f in text_fd_to_metric_families(io.StringIO(om))}
+    om_names = {f.name for f in text_fd_to_metric_families(io.StringIO(om))}  # type: ignore[no-untyped-call]
     assert "runbook_host_cpu_seconds" in om_names
     found = samples(text)
     for collector in ("host", "http", "redis", "queues", "postgres", "logs", "freshness"):

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import shutil
 import socket
 import subprocess
 import threading
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from pathlib import Path
 
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -17,7 +19,9 @@ from exporter.collectors import Options
 from runbook.loader import LoadedRunbook, load_text
 
 NODE_DIR = Path(__file__).parent / "node"
+NODE = shutil.which("node") or "node"
 
+Client = TestClient[web.Request, web.Application]
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
@@ -29,10 +33,10 @@ def runbook(yaml_text: str) -> LoadedRunbook:
 @contextlib.asynccontextmanager
 async def serve(loaded: LoadedRunbook | None, *, collectors: Sequence[str] | None = None,
                 options: Options | None = None,
-                env: Mapping[str, str] | None = None) -> AsyncIterator[TestClient[object, object]]:
+                env: Mapping[str, str] | None = None) -> AsyncIterator[Client]:
     """A test client of the exporter app, started and cleaned up around the block."""
     app = build_app(loaded, collectors=collectors, options=options, env=env or {})
-    client: TestClient[object, object] = TestClient(TestServer(app))
+    client: Client = TestClient(TestServer(app))
     await client.start_server()
     try:
         yield client
@@ -40,9 +44,11 @@ async def serve(loaded: LoadedRunbook | None, *, collectors: Sequence[str] | Non
         await client.close()
 
 
-async def scrape_text(client: TestClient[object, object], timeout: float | None = None) -> str:
-    """The /metrics body."""
-    headers = {} if timeout is None else {"X-Prometheus-Scrape-Timeout-Seconds": str(timeout)}
+async def scrape_text(client: Client,
+                      scrape_timeout: float | None = None) -> str:
+    """The /metrics body, with Prometheus' scrape timeout header when given."""
+    headers = {} if scrape_timeout is None else {
+        "X-Prometheus-Scrape-Timeout-Seconds": str(scrape_timeout)}
     response = await client.get("/metrics", headers=headers)
     assert response.status == 200, await response.text()
     return await response.text()
@@ -100,6 +106,6 @@ def black_hole() -> Iterator[int]:
 
 def node(script: str, *args: str, timeout: float = 120) -> str:
     """Run tests/node/<script> with node; its stdout."""
-    out = subprocess.run(["node", str(NODE_DIR / script), *args], check=True, cwd=NODE_DIR,
+    out = subprocess.run([NODE, str(NODE_DIR / script), *args], check=True, cwd=NODE_DIR,
                          capture_output=True, text=True, timeout=timeout)
     return out.stdout

@@ -1,0 +1,225 @@
+"""Queues filled by the real libraries (BullMQ from Node, Celery, RQ) and read back."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+from datetime import timedelta
+from typing import Any
+
+import pytest
+import redis as redis_sync
+from redis.asyncio import Redis
+
+from exporter.collectors.queues import QueuesCollector
+from tests.test_exporter_support import (
+    NODE,
+    NODE_DIR,
+    node,
+    runbook,
+    samples,
+    scrape_text,
+    serve,
+    value,
+)
+
+
+def boom() -> None:
+    """An RQ job that fails."""
+    raise RuntimeError("boom")
+
+
+def fine() -> int:
+    """An RQ job that succeeds."""
+    return 1
+
+
+class Watcher:
+    """Records every command Redis runs while a block executes (to prove reads only)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def write_commands(self, commands: list[str]) -> list[str]:
+        writes = {"set", "del", "rpop", "lpop", "lpush", "rpush", "zadd", "zrem", "hset", "hdel",
+                  "rename", "expire", "eval", "evalsha", "incr", "sadd", "srem", "xadd", "lrem",
+                  "unlink", "flushdb", "flushall", "zremrangebyscore"}
+        return [c for c in commands if c.split()[0].strip('"').lower() in writes]
+
+
+async def read_only_scrape(url: str, collector: QueuesCollector) -> tuple[list[Any], list[str]]:
+    """Collect once while MONITOR records what the collector sends."""
+    monitor_client = redis_sync.Redis.from_url(url)
+    seen: list[str] = []
+    with monitor_client.monitor() as m:  # type: ignore[no-untyped-call]
+        families = await collector.collect()
+        await collector.client.ping()
+        marker = "exporter-test-end"
+        await collector.client.echo(marker)
+        for event in m.listen():
+            command = str(event["command"])
+            if marker in command:
+                break
+            seen.append(command)
+    monitor_client.close()
+    return families, seen
+
+
+async def test_bullmq_states_paused_oldest_and_reads_only(redis_url: str) -> None:
+    spec = {"url": redis_url, "queues": [
+        {"name": "mail", "wait": 3, "prioritized": 2, "delayed": 4, "completed": 2, "failed": 1,
+         "active": 1, "waitingChildren": 2},
+        {"name": "reports", "wait": 5, "paused": True}]}
+    await asyncio.to_thread(node, "exporter_bullmq.mjs", json.dumps(spec))
+    client = Redis.from_url(redis_url)
+    c = QueuesCollector("cache", 2.0, client=client, bullmq=["mail", "reports", "absent"])
+    await asyncio.sleep(1.1)  # so the oldest job is at least a second old
+    _, commands = await asyncio.to_thread(
+        lambda: asyncio.run(_scrape_in_new_loop(redis_url, ["mail", "reports", "absent"])))
+    assert commands, "MONITOR saw nothing"
+    writes = Watcher(redis_url).write_commands(commands)
+    assert writes == [], writes
+    readings = {r.queue: r for r in await c.read()}
+    mail, reports = readings["mail"], readings["reports"]
+    assert mail.jobs == {"wait": 3, "paused": 0, "active": 1, "prioritized": 2, "delayed": 4,
+                         "waiting-children": 2, "completed": 2, "failed": 1}
+    assert mail.depth == 5  # wait + paused + prioritized
+    assert mail.paused == 0
+    assert mail.oldest_age is not None
+    assert mail.oldest_age >= 1.0
+    # BullMQ 5 pausing renames wait to paused and sets paused in the meta hash.
+    assert reports.jobs["paused"] == 5
+    assert reports.jobs["wait"] == 0
+    assert reports.depth == 5
+    assert reports.paused == 1
+    assert reports.oldest_age is not None
+    assert reports.oldest_age >= 1.0
+    assert readings["absent"].depth == 0
+    assert readings["absent"].oldest_age is None
+    # The Python bullmq library agrees on the counts.
+    from bullmq import Queue
+
+    q = Queue("mail", {"connection": redis_url})
+    counts = await q.getJobCounts("wait", "active", "delayed", "prioritized", "completed",
+                                  "failed", "waiting-children")
+    await q.close()
+    assert counts == {k: mail.jobs[k] for k in counts}
+    await client.aclose()
+
+
+async def _scrape_in_new_loop(url: str, queues: list[str]) -> tuple[list[Any], list[str]]:
+    client = Redis.from_url(url)
+    try:
+        return await read_only_scrape(url, QueuesCollector("cache", 2.0, client=client,
+                                                           bullmq=queues, discover=True))
+    finally:
+        await client.aclose()
+
+
+async def test_bullmq_discovery_and_workers(redis_url: str) -> None:
+    spec = {"url": redis_url, "hold": True, "queues": [{"name": "found", "wait": 2},
+                                                       {"name": "also", "delayed": 1}]}
+    holder = await asyncio.create_subprocess_exec(
+        NODE, str(NODE_DIR / "exporter_bullmq.mjs"), json.dumps(spec), cwd=NODE_DIR,
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout is not None
+        line = await asyncio.wait_for(holder.stdout.readline(), 60)
+        assert line.strip() == b"ready"
+        loaded = runbook(f"watch:\n  redis:\n    - {{name: cache, url: '{redis_url}',"
+                         " queues: {discover: true}}\n")
+        async with serve(loaded, collectors=["queues"]) as http:
+            found = samples(await scrape_text(http))
+        assert value(found, "runbook_queue_depth", target="cache", kind="bullmq",
+                     queue="found") == 2
+        assert value(found, "runbook_queue_jobs", target="cache", kind="bullmq", queue="also",
+                     state="delayed") == 1
+        assert value(found, "runbook_queue_workers", target="cache", kind="bullmq",
+                     queue="found") == 1
+    finally:
+        assert holder.stdin is not None
+        holder.stdin.close()
+        await asyncio.wait_for(holder.wait(), 30)
+
+
+def _celery_fill(url: str) -> None:
+    from celery import Celery
+
+    app = Celery("exporter_test", broker=url)
+    for _ in range(3):
+        app.send_task("tasks.plain", queue="emails")
+    for priority in (0, 5, 5, 9):
+        app.send_task("tasks.urgent", queue="emails", priority=priority)
+    app.send_task("tasks.other", queue="celery")
+    with app.connection_for_write() as conn:
+        conn.default_channel.client.hset("unacked", "tag-1", "{}")
+    app.close()
+
+
+async def test_celery_queue_with_priority_lists_and_discovery(redis_url: str) -> None:
+    await asyncio.to_thread(_celery_fill, redis_url)
+    client = Redis.from_url(redis_url)
+    c = QueuesCollector("broker", 2.0, client=client, celery=["emails"], discover=True)
+    found = {f.name: f for f in await c.collect()}
+    depth = {s.labels["queue"]: s.value for s in found["runbook_queue_depth"].samples}
+    # 3 + priority 0 in the plain list, 5 and 5 in \x06\x163, 9 in \x06\x169.
+    assert depth["emails"] == 7
+    assert depth["celery"] == 1
+    unacked = found["runbook_queue_unacked"].samples
+    assert [(s.labels, s.value) for s in unacked] == [({"target": "broker", "kind": "celery"},
+                                                        1.0)]
+    await client.aclose()
+
+
+def _rq_fill(url: str) -> None:
+    from rq import Queue, SimpleWorker, Worker
+
+    conn = redis_sync.Redis.from_url(url)
+    q = Queue("default", connection=conn)
+    q.enqueue(boom)
+    q.enqueue(fine)
+    SimpleWorker([q], connection=conn).work(burst=True)
+    parent = q.enqueue(fine)
+    q.enqueue(fine, depends_on=parent)
+    q.enqueue_in(timedelta(hours=1), fine)
+    q.enqueue(fine)
+    worker = Worker([q], connection=conn, name="exporter-test-worker")
+    worker.register_birth()  # type: ignore[no-untyped-call]
+    conn.close()
+
+
+async def test_rq_registries_workers_oldest(redis_url: str) -> None:
+    _rq_fill(redis_url)  # RQ workers install signal handlers: main thread only
+    loaded = runbook(f"watch:\n  redis:\n    - {{name: jobs, url: '{redis_url}',"
+                     " queues: {rq: [default]}}\n")
+    async with serve(loaded, collectors=["queues"]) as http:
+        found = samples(await scrape_text(http))
+    labels = {"target": "jobs", "kind": "rq", "queue": "default"}
+    assert value(found, "runbook_queue_depth", **labels) == 2  # parent and the last one
+    for state, n in (("queued", 2), ("failed", 1), ("finished", 1), ("deferred", 1),
+                     ("scheduled", 1), ("started", 0)):
+        assert value(found, "runbook_queue_jobs", state=state, **labels) == n, state
+    assert value(found, "runbook_queue_workers", **labels) == 1
+    assert value(found, "runbook_queue_paused", **labels) == 0
+    assert value(found, "runbook_queue_oldest_job_age_seconds", **labels) >= 0
+
+
+async def test_rq_discovery_through_rq_queues(redis_url: str) -> None:
+    _rq_fill(redis_url)  # RQ workers install signal handlers: main thread only
+    client = Redis.from_url(redis_url)
+    c = QueuesCollector("jobs", 2.0, client=client, discover=True)
+    readings = await c.read()
+    assert readings == []  # discovery happens in collect, on its interval
+    found = {f.name: f for f in await c.collect()}
+    assert [s.labels["queue"] for s in found["runbook_queue_depth"].samples] == ["default"]
+    await client.aclose()
+
+
+@pytest.mark.parametrize("bad", ["*", "a?b", "x[1]"])
+async def test_glob_characters_in_the_prefix_are_escaped(redis_url: str, bad: str) -> None:
+    client = Redis.from_url(redis_url)
+    await client.hset("bull:q:meta", "opts.maxLenEvents", "10")
+    c = QueuesCollector("c", 2.0, client=client, bullmq_prefix=bad, discover=True)
+    assert (await c.discover_queues())["bullmq"] == []
+    await client.aclose()
