@@ -1,0 +1,328 @@
+"""The responder's HTTP API: webhook intake, incidents, approvals, metrics, health, OpenAPI."""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import ValidationError
+
+from responder.metrics import Metrics
+from responder.openapi import openapi_document
+from responder.payload import Notification
+from responder.policy import Policy
+from responder.store import Store, StoreError
+from responder.store import work as ops
+from responder.store.intake import intake
+from responder.store.queries import get_incident, list_incidents
+from responder.wakeup import Wakeup
+from responder.worker import Hooks, Worker, WorkerConfig
+from runbook.loader import LoadedRunbook
+
+log = logging.getLogger("responder")
+
+MAX_BODY = 4 * 1024 * 1024
+MAX_LIMIT = 1000
+
+
+@dataclass
+class Settings:
+    """Everything build_app needs besides the runbook and the store."""
+
+    token: str
+    owner: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:"
+                       f"{uuid.uuid4().hex[:6]}")
+    lease: float = 60.0
+    poll: float = 0.5
+    max_body: int = MAX_BODY
+    public_url: str = ""
+    env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
+    run_worker: bool = True
+    hooks: Hooks | None = None
+    redis_url: str | None = None
+
+
+STORE = web.AppKey("store", Store)
+POLICY = web.AppKey("policy", Policy)
+METRICS = web.AppKey("metrics", Metrics)
+SETTINGS = web.AppKey("settings", Settings)
+SESSION = web.AppKey("session", aiohttp.ClientSession)
+WORKER = web.AppKey("worker", Worker)
+WAKEUP = web.AppKey("wakeup", Wakeup)
+
+
+def _error(status: int, reason: str, **headers: str) -> web.Response:
+    return web.json_response({"error": reason}, status=status, headers=headers)
+
+
+def _authorized(request: web.Request) -> bool:
+    header = request.headers.get("Authorization", "")
+    scheme, _, given = header.partition(" ")
+    token = request.app[SETTINGS].token
+    # Compare bytes of equal meaning in constant time, whatever the header holds.
+    return scheme.lower() == "bearer" and hmac.compare_digest(
+        given.strip().encode("utf-8", "replace"), token.encode())
+
+
+def _unauthorized() -> web.Response:
+    return _error(401, "missing or wrong bearer token", **{"WWW-Authenticate": "Bearer"})
+
+
+def _validation_reason(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors(include_url=False)[:5]:
+        where = ".".join(str(p) for p in err["loc"]) or "body"
+        parts.append(f"{where}: {err['msg']}")
+    more = exc.error_count() - len(parts)
+    return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
+
+
+async def post_alerts(request: web.Request) -> web.Response:
+    """Record an Alertmanager notification durably, then answer; work runs afterwards."""
+    started = time.perf_counter()
+    now = time.time()
+    metrics = request.app[METRICS]
+    if not _authorized(request):
+        metrics.notifications.labels("unknown", "unauthorized").inc()
+        return _unauthorized()
+    if request.content_type != "application/json":
+        metrics.notifications.labels("unknown", "invalid").inc()
+        return _error(415, f"content type must be application/json, not "
+                           f"{request.content_type or 'missing'}")
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        metrics.notifications.labels("unknown", "invalid").inc()
+        return _error(413, f"body larger than {request.app[SETTINGS].max_body} bytes")
+    try:
+        body = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        metrics.notifications.labels("unknown", "invalid").inc()
+        return _error(400, f"body is not JSON: {exc}")
+    if not isinstance(body, dict):
+        metrics.notifications.labels("unknown", "invalid").inc()
+        return _error(400, "body must be a JSON object (an Alertmanager webhook, version 4)")
+    try:
+        note = Notification.model_validate(body)
+    except ValidationError as exc:
+        metrics.notifications.labels(str(body.get("status", "unknown"))[:16], "invalid").inc()
+        return _error(400, f"not an Alertmanager webhook (version 4): {_validation_reason(exc)}")
+    policy = request.app[POLICY]
+    text = raw.decode("utf-8")
+    try:
+        result = await request.app[STORE].run(lambda tx: intake(tx, note, text, policy, now))
+    except StoreError as exc:
+        metrics.store_errors.labels("intake").inc()
+        metrics.notifications.labels(note.status, "store_error").inc()
+        log.error("cannot record a notification: %s", exc)
+        return _error(503, "the notification could not be recorded; retry later")
+    if result.work_queued:
+        await _wake(request.app)
+    metrics.notifications.labels(note.status, "recorded").inc()
+    metrics.truncated.inc(note.truncated_alerts)
+    for alert in result.alerts:
+        metrics.alerts.labels(alert.status).inc()
+        for outcome in alert.decisions:
+            metrics.decisions.labels(outcome).inc()
+    for rail in result.rail_hits:
+        metrics.rail_hits.labels(rail).inc()
+    metrics.intake_seconds.observe(time.perf_counter() - started)
+    answer = result.as_json()
+    if note.truncated_alerts:
+        answer["truncated_alerts"] = note.truncated_alerts
+    return web.json_response(answer)
+
+
+async def _wake(app: web.Application) -> None:
+    if WORKER in app:
+        app[WORKER].wake()
+    if WAKEUP in app:
+        await app[WAKEUP].publish()
+
+
+async def get_incidents(request: web.Request) -> web.Response:
+    """Occurrences, newest first; ?active=1 for open ones only; ?limit=N."""
+    if not _authorized(request):
+        return _unauthorized()
+    active = request.query.get("active", "0").lower() in ("1", "true", "yes")
+    try:
+        limit = int(request.query.get("limit", "100"))
+    except ValueError:
+        return _error(400, f"limit must be a number, not {request.query['limit']!r}")
+    if not 1 <= limit <= MAX_LIMIT:
+        return _error(400, f"limit must be between 1 and {MAX_LIMIT}")
+    try:
+        items = await request.app[STORE].run(lambda tx: list_incidents(tx, active, limit))
+    except StoreError:
+        request.app[METRICS].store_errors.labels("read").inc()
+        return _error(503, "the store cannot be read right now")
+    return web.json_response({"incidents": items})
+
+
+async def get_one(request: web.Request) -> web.Response:
+    """One occurrence with its audit steps."""
+    if not _authorized(request):
+        return _unauthorized()
+    oid = request.match_info["id"]
+    try:
+        item = await request.app[STORE].run(lambda tx: get_incident(tx, oid))
+    except StoreError:
+        request.app[METRICS].store_errors.labels("read").inc()
+        return _error(503, "the store cannot be read right now")
+    if item is None:
+        return _error(404, f"no incident {oid!r}")
+    return web.json_response(item)
+
+
+async def _answer(request: web.Request, approved: bool) -> web.Response:
+    if not _authorized(request):
+        return _unauthorized()
+    oid = request.match_info["id"]
+    who, reason = "api", ""
+    if request.can_read_body:
+        try:
+            data = await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return _error(400, "body must be JSON: {\"by\": \"name\", \"reason\": \"...\"}")
+        if not isinstance(data, dict):
+            return _error(400, "body must be a JSON object")
+        who = str(data.get("by", who))[:200]
+        reason = str(data.get("reason", ""))[:2000]
+    now = time.time()
+    try:
+        status, state = await request.app[STORE].run(
+            lambda tx: ops.approve(tx, oid, approved, who, reason, now))
+    except StoreError:
+        request.app[METRICS].store_errors.labels("approve").inc()
+        return _error(503, "the store cannot record the answer right now")
+    if status == "not_found":
+        return _error(404, f"no incident {oid!r}")
+    if status == "conflict":
+        return _error(409, f"incident {oid} is {state}, not awaiting approval")
+    if approved:
+        await _wake(request.app)
+    request.app[METRICS].decisions.labels("approved" if approved else "rejected").inc()
+    return web.json_response({"id": oid, "state": state})
+
+
+async def approve(request: web.Request) -> web.Response:
+    """Let the rule's actions run for an occurrence awaiting approval."""
+    return await _answer(request, True)
+
+
+async def reject(request: web.Request) -> web.Response:
+    """Refuse the rule's actions for an occurrence awaiting approval."""
+    return await _answer(request, False)
+
+
+async def metrics_endpoint(request: web.Request) -> web.Response:
+    """The responder's own metrics in the Prometheus text format."""
+    metrics = request.app[METRICS]
+    try:
+        metrics.pending.set(await request.app[STORE].run(ops.pending))
+    except StoreError:
+        metrics.store_errors.labels("metrics").inc()
+    return web.Response(body=generate_latest(metrics.registry),
+                        headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def health(request: web.Request) -> web.Response:
+    """Alive."""
+    del request
+    return web.json_response({"status": "ok"})
+
+
+async def ready(request: web.Request) -> web.Response:
+    """Ready when the store answers."""
+    try:
+        await request.app[STORE].ping()
+    except StoreError as exc:
+        return web.json_response({"status": "unavailable", "store": str(exc)}, status=503)
+    return web.json_response({"status": "ready", "store": request.app[STORE].dialect})
+
+
+async def openapi(request: web.Request) -> web.Response:
+    """This API described as OpenAPI 3."""
+    del request
+    return web.json_response(openapi_document())
+
+
+ROUTES: list[tuple[str, str, Any]] = [
+    ("POST", "/alerts", post_alerts),
+    ("GET", "/incidents", get_incidents),
+    ("GET", "/incidents/{id}", get_one),
+    ("POST", "/incidents/{id}/approve", approve),
+    ("POST", "/incidents/{id}/reject", reject),
+    ("GET", "/metrics", metrics_endpoint),
+    ("GET", "/health", health),
+    ("GET", "/health/ready", ready),
+    ("GET", "/openapi.json", openapi),
+]
+
+
+async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
+    await app[STORE].open()
+    yield
+    await app[STORE].close()
+
+
+async def _session_ctx(app: web.Application) -> AsyncIterator[None]:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
+        app[SESSION] = session
+        yield
+
+
+async def _worker_ctx(app: web.Application) -> AsyncIterator[None]:
+    import asyncio
+    import contextlib
+
+    settings = app[SETTINGS]
+    worker = Worker(app[STORE], app[POLICY].loaded, app[SESSION], app[METRICS], WorkerConfig(
+        owner=settings.owner, lease=settings.lease, poll=settings.poll,
+        concurrency=app[POLICY].loaded.runbook.rails.max_concurrent,
+        public_url=settings.public_url, env=settings.env), settings.hooks)
+    app[WORKER] = worker
+    # One process per SQLite file: whatever it left claimed was cut short by a stop.
+    await worker.recover(everything=app[STORE].dialect == "sqlite")
+    tasks = [asyncio.create_task(worker.run(), name="responder-worker")]
+    if settings.redis_url:
+        app[WAKEUP] = Wakeup(settings.redis_url, worker.wake)
+        tasks.append(asyncio.create_task(app[WAKEUP].listen(), name="responder-wakeup"))
+    yield
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    if WAKEUP in app:
+        await app[WAKEUP].close()
+
+
+def build_app(loaded: LoadedRunbook, store: Store, settings: Settings,
+              metrics: Metrics | None = None) -> web.Application:
+    """The responder app; the store is opened and closed with it."""
+    if not settings.token:
+        raise ValueError("a webhook token is required (RUNBOOK_WEBHOOK_TOKEN or --token-file)")
+    app = web.Application(client_max_size=settings.max_body)
+    app[STORE] = store
+    app[POLICY] = Policy(loaded)
+    app[METRICS] = metrics or Metrics()
+    app[SETTINGS] = settings
+    for method, path, handler in ROUTES:
+        app.router.add_route(method, path, handler)
+    app.cleanup_ctx.append(_store_ctx)
+    app.cleanup_ctx.append(_session_ctx)
+    if settings.run_worker:
+        app.cleanup_ctx.append(_worker_ctx)
+    return app

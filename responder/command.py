@@ -1,0 +1,93 @@
+"""`runbook responder`: serve the webhook, decide, and run the runbook's responses."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from aiohttp import web
+
+from responder.app import Settings, build_app
+from responder.store import StoreError, open_store
+from runbook.loader import RunbookError, load_runbook
+
+HELP = "receive Alertmanager webhooks and run the runbook's responses within its safety rails"
+EXAMPLES = """\
+  RUNBOOK_WEBHOOK_TOKEN=... runbook responder --runbook runbook.yml
+  runbook responder --runbook runbook.yml --listen 0.0.0.0:9818 \\
+      --store postgresql://responder@db/responder --token-file /run/secrets/webhook-token
+"""
+TOKEN_ENV = "RUNBOOK_WEBHOOK_TOKEN"  # noqa: S105 - the name of the variable, not a secret
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--runbook", required=True, metavar="FILE", help="the runbook file")
+    parser.add_argument("--listen", default="127.0.0.1:9818", metavar="HOST:PORT",
+                        help="address to serve on (default 127.0.0.1:9818)")
+    parser.add_argument("--store", default=None, metavar="URL",
+                        help="postgresql://... to share state between replicas, or "
+                             "sqlite:///PATH (default: SQLite in --data-dir)")
+    parser.add_argument("--redis", default=None, metavar="URL",
+                        help="Redis to wake other replicas' workers when work is queued")
+    parser.add_argument("--token-file", default=None, metavar="FILE",
+                        help=f"file holding the webhook bearer token (else ${TOKEN_ENV})")
+    parser.add_argument("--data-dir", default="data", metavar="DIR",
+                        help="where the SQLite store lives (default ./data)")
+    parser.add_argument("--public-url", default="", metavar="URL",
+                        help="this responder's URL as humans reach it (links in pages)")
+    parser.add_argument("--lease", type=float, default=60.0, metavar="SECONDS",
+                        help="how long a replica holds claimed work without renewing it")
+    parser.add_argument("--log-level", default="INFO",
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+
+
+def read_token(token_file: str | None) -> str:
+    """The bearer token from --token-file, else from the environment; '' when neither."""
+    if token_file:
+        return Path(token_file).read_text(encoding="utf-8").strip()
+    return os.environ.get(TOKEN_ENV, "").strip()
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """HOST:PORT -> (host, port)."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"--listen {text!r} is not HOST:PORT (e.g. 127.0.0.1:9818)")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=args.log_level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        loaded = load_runbook(args.runbook)
+    except RunbookError as exc:
+        for error in exc.errors:
+            print(error, file=sys.stderr)
+        return 2
+    try:
+        token = read_token(args.token_file)
+        host, port = parse_listen(args.listen)
+        store = open_store(args.store, args.data_dir)
+    except (OSError, ValueError) as exc:
+        print(f"runbook responder: {exc}", file=sys.stderr)
+        return 2
+    if not token:
+        print(f"runbook responder: no webhook token: set {TOKEN_ENV} or pass --token-file",
+              file=sys.stderr)
+        return 2
+    settings = Settings(token=token, lease=args.lease, public_url=args.public_url,
+                        redis_url=args.redis)
+    app = build_app(loaded, store, settings)
+    try:
+        web.run_app(app, host=host, port=port, access_log=None,
+                    print=lambda _m: print(f"runbook responder: {loaded.service} on "
+                                           f"http://{host}:{port}, store {store.dialect}",
+                                           file=sys.stderr, flush=True))
+    except StoreError as exc:
+        print(f"runbook responder: {exc}", file=sys.stderr)
+        return 1
+    return 0

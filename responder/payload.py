@@ -1,0 +1,96 @@
+"""The Alertmanager webhook body (version 4), validated; unknown fields are accepted."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+ZERO_TIME = "0001-01-01T00:00:00Z"
+
+
+class _Open(BaseModel):
+    """Newer Alertmanagers add fields: keep them instead of refusing the body."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True, frozen=True)
+
+
+class Alert(_Open):
+    """One alert of a notification."""
+
+    status: Literal["firing", "resolved"]
+    labels: dict[str, str]
+    annotations: dict[str, str] = Field(default_factory=dict)
+    starts_at: str = Field(alias="startsAt", min_length=1)
+    ends_at: str = Field(default=ZERO_TIME, alias="endsAt")
+    generator_url: str = Field(default="", alias="generatorURL")
+    fingerprint: str = Field(min_length=1, max_length=128)
+
+    @field_validator("starts_at", "ends_at")
+    @classmethod
+    def _timestamp(cls, value: str) -> str:
+        parse_time(value)
+        return value
+
+    @field_validator("labels")
+    @classmethod
+    def _has_labels(cls, value: dict[str, str]) -> dict[str, str]:
+        if not value:
+            raise ValueError("an alert has at least one label (alertname)")
+        return value
+
+    @property
+    def started(self) -> datetime:
+        return parse_time(self.starts_at)
+
+    @property
+    def ended(self) -> datetime | None:
+        when = parse_time(self.ends_at)
+        return None if when.year <= 1 else when
+
+    @property
+    def starts_key(self) -> str:
+        """startsAt normalized (UTC, microseconds) so copies from HA peers compare equal."""
+        return self.started.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class Notification(_Open):
+    """One webhook POST from Alertmanager."""
+
+    version: Literal["4"]
+    status: Literal["firing", "resolved"]
+    receiver: str = ""
+    group_key: str = Field(default="", alias="groupKey")
+    truncated_alerts: int = Field(default=0, alias="truncatedAlerts", ge=0)
+    group_labels: dict[str, str] = Field(default_factory=dict, alias="groupLabels")
+    common_labels: dict[str, str] = Field(default_factory=dict, alias="commonLabels")
+    common_annotations: dict[str, str] = Field(default_factory=dict, alias="commonAnnotations")
+    external_url: str = Field(default="", alias="externalURL")
+    alerts: list[Alert] = Field(min_length=1, max_length=10_000)
+
+    @property
+    def extra_fields(self) -> dict[str, object]:
+        """Fields this model does not know (e.g. notification_reason, routeLabels)."""
+        return dict(self.model_extra or {})
+
+
+def parse_time(value: str) -> datetime:
+    """An RFC 3339 timestamp as Alertmanager writes it (nanoseconds allowed) -> aware datetime."""
+    text = value.strip()
+    if text.endswith(("Z", "z")):
+        text = text[:-1] + "+00:00"
+    # Go writes up to 9 fractional digits; Python takes at most 6.
+    if "." in text:
+        head, _, rest = text.partition(".")
+        digits = ""
+        while rest and rest[0].isdigit():
+            digits, rest = digits + rest[0], rest[1:]
+        text = f"{head}.{(digits + '000000')[:6]}{rest}"
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"{value!r} is not an RFC 3339 timestamp") from None
+    if when.tzinfo is None:
+        raise ValueError(f"{value!r} has no time zone")
+    return when

@@ -1,0 +1,26 @@
+"""The responder's durable state: SQLite embedded (default) or PostgreSQL shared."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from responder.store.base import IntakeResult, Store, StoreError, WorkItem
+
+__all__ = ["IntakeResult", "Store", "StoreError", "WorkItem", "open_store"]
+
+
+def open_store(url: str | None, data_dir: str | Path = "data") -> Store:
+    """A store (not yet opened) for a URL: postgresql://..., sqlite:///path, or None (SQLite)."""
+    if url is None or url == "":
+        from responder.store.sqlite import SqliteStore
+
+        return SqliteStore(Path(data_dir) / "responder.sqlite3")
+    if url.startswith(("postgresql://", "postgres://")):
+        from responder.store.postgres import PostgresStore
+
+        return PostgresStore(url)
+    if url.startswith("sqlite:///"):
+        from responder.store.sqlite import SqliteStore
+
+        return SqliteStore(url[len("sqlite:///"):])
+    raise ValueError(f"{url!r} is not a store URL (use postgresql://... or sqlite:///PATH)")

@@ -1,0 +1,121 @@
+"""The store interface: one transaction runner per dialect, shared operations on top."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, TypeVar
+
+T = TypeVar("T")
+Row = dict[str, Any]
+
+
+class StoreError(Exception):
+    """The store could not record or read (the database is down, the disk is full...)."""
+
+
+class Tx(Protocol):
+    """One open transaction; SQL is written with `?` placeholders."""
+
+    dialect: Literal["sqlite", "postgresql"]
+
+    async def execute(self, sql: str, *args: Any) -> int:
+        """Run a statement; the number of rows it changed."""
+
+    async def fetchone(self, sql: str, *args: Any) -> Row | None:
+        """The first row, or None."""
+
+    async def fetchall(self, sql: str, *args: Any) -> list[Row]:
+        """Every row."""
+
+    async def lock_decisions(self) -> None:
+        """Serialize deciding across every writer of this store until the transaction ends."""
+
+    @property
+    def for_update(self) -> str:
+        """` FOR UPDATE` where rows can be locked, else empty."""
+
+    @property
+    def skip_locked(self) -> str:
+        """` FOR UPDATE SKIP LOCKED` where supported, else empty."""
+
+
+def dumps(value: Any) -> str:
+    """Compact JSON for the store."""
+    return json.dumps(value, separators=(",", ":"), sort_keys=True, default=str)
+
+
+def occurrence_id(fingerprint: str, starts_key: str) -> str:
+    """A stable id of one occurrence: the same on every replica and after restarts."""
+    return hashlib.sha256(f"{fingerprint}|{starts_key}".encode()).hexdigest()[:16]
+
+
+async def add_step(tx: Tx, occurrence: str, kind: str, detail: dict[str, Any],
+                   now: float) -> None:
+    """Append one audit step."""
+    await tx.execute("INSERT INTO steps (occurrence_id, at, kind, detail) VALUES (?, ?, ?, ?)",
+                     occurrence, now, kind, dumps(detail))
+
+
+@dataclass
+class AlertIntake:
+    """What intake did with one alert of a notification."""
+
+    occurrence_id: str
+    status: Literal["new", "deduplicated", "resolved", "resolved-unseen"]
+    decisions: list[str] = field(default_factory=list)
+
+
+@dataclass
+class IntakeResult:
+    """What one notification did, for the answer and the metrics."""
+
+    notification_id: int
+    alerts: list[AlertIntake] = field(default_factory=list)
+    rail_hits: list[str] = field(default_factory=list)
+    work_queued: int = 0
+
+    def as_json(self) -> dict[str, Any]:
+        return {"notification": self.notification_id,
+                "alerts": [{"occurrence": a.occurrence_id, "status": a.status,
+                            "decisions": a.decisions} for a in self.alerts]}
+
+
+@dataclass
+class WorkItem:
+    """A claimed piece of work: run a plan's steps, verify, escalate, page, or resolve a page."""
+
+    id: int
+    occurrence_id: str
+    track: int
+    kind: str
+    attempt: int
+    plan: dict[str, Any]
+    next_step: int
+    occurrence: Row
+
+
+class Store(ABC):
+    """The responder's durable state: notifications, occurrences, audit steps, work, rails."""
+
+    url: str
+    dialect: str
+
+    @abstractmethod
+    async def open(self) -> None:
+        """Connect and create the tables."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Release connections and threads."""
+
+    @abstractmethod
+    async def run(self, op: Callable[[Tx], Awaitable[T]]) -> T:
+        """Run `op` in one transaction; commit when it returns; raise StoreError on failure."""
+
+    async def ping(self) -> None:
+        """Raise StoreError when the store cannot answer."""
+        await self.run(lambda tx: tx.fetchone("SELECT 1 AS one"))

@@ -1,0 +1,166 @@
+"""The embedded store: one SQLite file in WAL mode with synchronous=FULL, one writer thread.
+
+Transactions from the event loop are queued to the writer thread, which runs a batch of them
+in one database transaction (each under its own savepoint) and commits once: group commit,
+so many notifications share one fsync and each is answered only after that fsync.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import sqlite3
+import threading
+from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
+from typing import Any, Literal
+
+from responder.store.base import Row, Store, StoreError, T, Tx
+from responder.store.schema import statements
+
+MAX_BATCH = 256
+_Job = tuple[asyncio.Future[Any], Callable[[Tx], Awaitable[Any]]]
+
+
+class SqliteTx:
+    """A transaction on the writer thread's connection; its coroutines never suspend."""
+
+    dialect: Literal["sqlite", "postgresql"] = "sqlite"
+    for_update = ""
+    skip_locked = ""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    async def execute(self, sql: str, *args: Any) -> int:
+        return self.conn.execute(sql, args).rowcount
+
+    async def fetchone(self, sql: str, *args: Any) -> Row | None:
+        rows = self.conn.execute(sql, args).fetchall()
+        return dict(rows[0]) if rows else None
+
+    async def fetchall(self, sql: str, *args: Any) -> list[Row]:
+        return [dict(r) for r in self.conn.execute(sql, args).fetchall()]
+
+    async def lock_decisions(self) -> None:
+        """The single writer thread already serializes every transaction."""
+
+
+def _drive(awaitable: Awaitable[T]) -> T:
+    if not isinstance(awaitable, Coroutine):
+        raise TypeError("a store operation must be a coroutine")
+    coro: Coroutine[Any, Any, T] = awaitable
+    try:
+        coro.send(None)
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]
+    coro.close()
+    raise RuntimeError("a SQLite store operation awaited something outside the store")
+
+
+class SqliteStore(Store):
+    """State in one local SQLite file; locks in-process (one responder per file)."""
+
+    dialect = "sqlite"
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.url = f"sqlite:///{self.path}"
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._conn: sqlite3.Connection | None = None
+
+    async def open(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._conn = await asyncio.to_thread(self._connect)
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreError(f"cannot open SQLite store {self.path}: {exc}") from exc
+        self._thread = threading.Thread(target=self._writer, name="sqlite-writer", daemon=True)
+        self._thread.start()
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA busy_timeout=5000")
+        conn.execute("BEGIN IMMEDIATE")
+        for statement in statements("INTEGER PRIMARY KEY AUTOINCREMENT"):
+            conn.execute(statement)
+        conn.execute("COMMIT")
+        return conn
+
+    async def close(self) -> None:
+        if self._thread is not None:
+            self._jobs.put(None)
+            await asyncio.to_thread(self._thread.join)
+            self._thread = None
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    async def run(self, op: Callable[[Tx], Awaitable[T]]) -> T:
+        if self._loop is None or self._thread is None:
+            raise StoreError("the SQLite store is not open")
+        future: asyncio.Future[T] = self._loop.create_future()
+        self._jobs.put((future, op))
+        return await future
+
+    def _writer(self) -> None:
+        assert self._conn is not None
+        conn = self._conn
+        tx = SqliteTx(conn)
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            batch = [job]
+            while len(batch) < MAX_BATCH:
+                try:
+                    more = self._jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    self._jobs.put(None)
+                    break
+                batch.append(more)
+            self._run_batch(conn, tx, batch)
+
+    def _run_batch(self, conn: sqlite3.Connection, tx: SqliteTx, batch: list[_Job]) -> None:
+        results: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for future, op in batch:
+                conn.execute("SAVEPOINT op")
+                try:
+                    value: Any = _drive(op(tx))
+                except Exception as exc:  # handed to the waiting caller
+                    conn.execute("ROLLBACK TO op")
+                    conn.execute("RELEASE op")
+                    failure: BaseException = (StoreError(str(exc))
+                                              if isinstance(exc, sqlite3.Error) else exc)
+                    results.append((future, None, failure))
+                else:
+                    conn.execute("RELEASE op")
+                    results.append((future, value, None))
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            lost = StoreError(f"SQLite commit failed: {exc}")
+            results = [(f, None, lost) for f, _ in batch]
+        assert self._loop is not None
+        for future, value, error in results:
+            self._loop.call_soon_threadsafe(_settle, future, value, error)
+
+
+def _settle(future: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(value)

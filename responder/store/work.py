@@ -1,0 +1,225 @@
+"""Work transactions: claim, step bookkeeping, completion with follow-ups, crash recovery."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Collection
+from typing import Any
+
+from responder.policy import page_step
+from responder.store.base import Row, Tx, WorkItem, add_step
+from responder.store.intake import enqueue, record_run
+
+OK_STATUSES = ("ok", "dry_run")
+
+
+async def claim(tx: Tx, owner: str, now: float, lease: float) -> WorkItem | None:
+    """Take the oldest due work nobody holds (SKIP LOCKED on PostgreSQL)."""
+    row = await tx.fetchone(
+        "SELECT id, occurrence_id, track, kind, attempt, plan, next_step FROM work "  # noqa: S608 - only constant dialect text is inserted
+        f"WHERE status = 'pending' AND not_before <= ? ORDER BY not_before, id LIMIT 1"
+        f"{tx.skip_locked}", now)
+    if row is None:
+        return None
+    await tx.execute("UPDATE work SET status = 'claimed', claimed_by = ?, lease_until = ? "
+                     "WHERE id = ?", owner, now + lease, row["id"])
+    occ = await tx.fetchone("SELECT * FROM occurrences WHERE id = ?", row["occurrence_id"])
+    assert occ is not None
+    state = {"run": "running", "escalate": "escalating"}.get(str(row["kind"]))
+    if state and occ["resolved_at"] is None:
+        await tx.execute("UPDATE occurrences SET state = ?, updated_at = ? WHERE id = ?",
+                         state, now, row["occurrence_id"])
+    return WorkItem(int(row["id"]), str(row["occurrence_id"]), int(row["track"]),
+                    str(row["kind"]), int(row["attempt"]), json.loads(row["plan"]),
+                    int(row["next_step"]), dict(occ))
+
+
+async def renew(tx: Tx, work_id: int, owner: str, until: float) -> bool:
+    """Extend a claim; False when it is no longer ours."""
+    changed = await tx.execute("UPDATE work SET lease_until = ? WHERE id = ? AND claimed_by = ? "
+                               "AND status = 'claimed'", until, work_id, owner)
+    return changed == 1
+
+
+async def begin_step(tx: Tx, item: WorkItem, owner: str, index: int, detail: dict[str, Any],
+                     now: float) -> bool:
+    """Record that step `index` starts, before it runs (so a crash inside it is known)."""
+    changed = await tx.execute("UPDATE work SET next_step = ?, in_step = 1 WHERE id = ? "
+                               "AND claimed_by = ? AND status = 'claimed'", index, item.id, owner)
+    if changed != 1:
+        return False
+    await add_step(tx, item.occurrence_id, "action_started",
+                   {**detail, "work": item.id, "kind": item.kind, "index": index, "by": owner},
+                   now)
+    return True
+
+
+async def finish_step(tx: Tx, item: WorkItem, owner: str, index: int, outcome: dict[str, Any],
+                      now: float) -> None:
+    """Record a step's outcome and move past it."""
+    await tx.execute("UPDATE work SET next_step = ?, in_step = 0 WHERE id = ? AND claimed_by = ?",
+                     index + 1, item.id, owner)
+    await add_step(tx, item.occurrence_id, "action_finished",
+                   {**outcome, "work": item.id, "kind": item.kind, "index": index}, now)
+
+
+async def history(tx: Tx, occurrence: str) -> list[dict[str, Any]]:
+    """Outcomes of every action finished for an occurrence, oldest first."""
+    rows = await tx.fetchall("SELECT detail FROM steps WHERE occurrence_id = ? "
+                             "AND kind = 'action_finished' ORDER BY id", occurrence)
+    return [json.loads(r["detail"]) for r in rows]
+
+
+async def complete(tx: Tx, item: WorkItem, owner: str, outcomes: list[dict[str, Any]],
+                   still_firing: bool | None, now: float) -> str:
+    """Finish a piece of work and queue what follows; the occurrence's new state."""
+    await tx.execute("UPDATE work SET status = 'done', in_step = 0 WHERE id = ? "
+                     "AND claimed_by = ?", item.id, owner)
+    occ = await tx.fetchone(f"SELECT state, resolved_at, paged FROM occurrences WHERE id = ?"  # noqa: S608 - only constant dialect text is inserted
+                            f"{tx.for_update}", item.occurrence_id)
+    assert occ is not None
+    resolved = occ["resolved_at"] is not None
+    plan = item.plan
+    oid = item.occurrence_id
+    failed = [o for o in outcomes if o.get("status") not in OK_STATUSES]
+    if item.kind == "run":
+        if failed:
+            what = ", ".join(f"{o.get('action')} {o.get('status')}" for o in failed)
+            if resolved:
+                return await _state(tx, oid, "resolved", now, "closed",
+                                    {"reason": f"the alert resolved, though {what}"})
+            return await escalate(tx, item, f"the remediation did not succeed: {what}", now)
+        if resolved:
+            return await _healed(tx, item, occ, now, "the resolved notification arrived while "
+                                 "the remediation ran")
+        verify_after = plan.get("verify_after")
+        if verify_after:
+            await enqueue(tx, oid, item.track, "verify", item.attempt, plan, now + verify_after)
+            return await _state(tx, oid, "verifying", now, "verifying",
+                                {"deadline": now + verify_after, "verify_after": verify_after})
+        return await _state(tx, oid, "acted", now, "acted",
+                            {"reason": "no verify_after: waiting for the resolved notification"})
+    if item.kind == "verify":
+        if resolved or still_firing is False:
+            how = "the resolved notification" if resolved else "the alert source"
+            return await _healed(tx, item, occ, now, f"not firing any more, by {how}")
+        if item.attempt < int(plan.get("max_attempts", 1)):
+            await enqueue(tx, oid, item.track, "run", item.attempt + 1, plan, now)
+            await record_run(tx, str(plan.get("rule")), str(plan.get("target")), oid, now)
+            return await _state(tx, oid, "queued", now, "retry",
+                                {"attempt": item.attempt + 1, "reason": "still firing after "
+                                 f"{plan.get('verify_after')}s"})
+        return await escalate(tx, item, f"still firing {plan.get('verify_after')}s after "
+                              f"{item.attempt} remediation attempt(s)", now)
+    if item.kind in ("page", "escalate"):
+        paged = any(o.get("action") == "page" and o.get("status") in OK_STATUSES
+                    for o in outcomes)
+        if paged:
+            await tx.execute("UPDATE occurrences SET paged = 1 WHERE id = ?", oid)
+            await add_step(tx, oid, "paged", {"work": item.id, "reason": plan.get("reason")}, now)
+            if resolved:
+                await enqueue(tx, oid, 0, "resolve_page", 1, {"steps": []}, now)
+        if resolved:
+            return await _state(tx, oid, "resolved", now, "closed",
+                                {"reason": "the alert resolved"})
+        final = ("escalated" if item.kind == "escalate" else "paged") if paged else "page_failed"
+        return await _state(tx, oid, final, now, final, {"work": item.id})
+    # resolve_page
+    await add_step(tx, oid, "page_resolved", {"outcomes": outcomes}, now)
+    return str(occ["state"])
+
+
+async def _healed(tx: Tx, item: WorkItem, occ: Row, now: float, reason: str) -> str:
+    await tx.execute("UPDATE work SET status = 'cancelled' WHERE occurrence_id = ? "
+                     "AND status = 'pending' AND kind = 'verify'", item.occurrence_id)
+    if occ["paged"]:
+        await enqueue(tx, item.occurrence_id, 0, "resolve_page", 1, {"steps": []}, now)
+    return await _state(tx, item.occurrence_id, "healed", now, "verified", {"reason": reason})
+
+
+async def escalate(tx: Tx, item: WorkItem, reason: str, now: float) -> str:
+    """Queue the rule's escalation steps followed by a page saying what was tried."""
+    plan = item.plan
+    steps = [*plan.get("escalate", []), page_step(reason)]
+    await enqueue(tx, item.occurrence_id, item.track, "escalate", item.attempt,
+                  {**plan, "steps": steps, "reason": reason}, now)
+    return await _state(tx, item.occurrence_id, "escalating", now, "escalated",
+                        {"reason": reason})
+
+
+async def _state(tx: Tx, oid: str, state: str, now: float, step: str,
+                 detail: dict[str, Any]) -> str:
+    await tx.execute("UPDATE occurrences SET state = ?, updated_at = ? WHERE id = ?",
+                     state, now, oid)
+    await add_step(tx, oid, step, {**detail, "state": state}, now)
+    return state
+
+
+async def recover(tx: Tx, owner: str, now: float, everything: bool,
+                  idempotent: Collection[str]) -> list[dict[str, Any]]:
+    """Work claimed by a process that stopped: resume it, or escalate what may have half-run."""
+    rows = await tx.fetchall(
+        "SELECT id, occurrence_id, track, kind, attempt, plan, next_step, in_step, claimed_by "  # noqa: S608 - only constant dialect text is inserted
+        "FROM work WHERE status = 'claimed' AND (lease_until < ? OR ?) AND claimed_by <> ?"
+        f"{tx.skip_locked}", now, everything, owner)
+    done: list[dict[str, Any]] = []
+    for row in rows:
+        plan = json.loads(row["plan"])
+        steps = plan.get("steps", [])
+        index = int(row["next_step"])
+        action = steps[index]["action"] if row["in_step"] and index < len(steps) else None
+        item = WorkItem(int(row["id"]), str(row["occurrence_id"]), int(row["track"]),
+                        str(row["kind"]), int(row["attempt"]), plan, index, {})
+        base = {"work": item.id, "kind": item.kind, "claimed_by": row["claimed_by"]}
+        if action is None or action in idempotent:
+            why = (f"{row['claimed_by']} stopped before finishing; resuming at step {index}"
+                   + (f" ({action} is idempotent: run again)" if action else ""))
+            await tx.execute("UPDATE work SET status = 'pending', claimed_by = NULL, in_step = 0, "
+                             "lease_until = NULL WHERE id = ?", item.id)
+            await add_step(tx, item.occurrence_id, "resumed", {**base, "reason": why}, now)
+            done.append({**base, "result": "resumed"})
+            continue
+        reason = (f"{row['claimed_by']} stopped while {action} (step {index}) was running; "
+                  "it may have half-run, so it is not run again")
+        await tx.execute("UPDATE work SET status = 'interrupted', in_step = 0 WHERE id = ?",
+                         item.id)
+        await add_step(tx, item.occurrence_id, "interrupted", {**base, "reason": reason}, now)
+        if item.kind in ("run", "verify"):
+            await escalate(tx, item, reason, now)
+        else:
+            await enqueue(tx, item.occurrence_id, item.track, "page", 1000 + item.id,
+                          {"steps": [page_step(reason)], "reason": reason}, now)
+        done.append({**base, "result": "escalated"})
+    return done
+
+
+async def approve(tx: Tx, oid: str, approved: bool, who: str, reason: str,
+                  now: float) -> tuple[str, str | None]:
+    """A human's answer to an approval: ('ok'|'not_found'|'conflict', state)."""
+    occ = await tx.fetchone(f"SELECT state, decision FROM occurrences WHERE id = ?"  # noqa: S608 - only constant dialect text is inserted
+                            f"{tx.for_update}", oid)
+    if occ is None:
+        return "not_found", None
+    if occ["state"] != "awaiting_approval":
+        return "conflict", str(occ["state"])
+    detail = {"by": who, "reason": reason}
+    if not approved:
+        return "ok", await _state(tx, oid, "rejected", now, "rejected", detail)
+    for track, decision in enumerate(json.loads(occ["decision"])):
+        if decision.get("outcome") == "awaiting_approval":
+            await enqueue(tx, oid, track, "run", 1, decision["plan"], now)
+            await record_run(tx, decision["rule"], decision["target"], oid, now)
+    return "ok", await _state(tx, oid, "queued", now, "approved", detail)
+
+
+async def pending(tx: Tx) -> int:
+    """Work waiting or running."""
+    row = await tx.fetchone("SELECT COUNT(*) AS n FROM work WHERE status IN "
+                            "('pending', 'claimed')")
+    return int(row["n"]) if row else 0
+
+
+async def next_due(tx: Tx) -> float | None:
+    """When the earliest pending work falls due."""
+    row = await tx.fetchone("SELECT MIN(not_before) AS t FROM work WHERE status = 'pending'")
+    return None if row is None or row["t"] is None else float(row["t"])

@@ -1,0 +1,269 @@
+"""The worker: claims due work from the store and runs it after the webhook was answered."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import importlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, cast
+
+import aiohttp
+
+from responder.actions.base import ActionContext, AlertView, Outcome, Status
+from responder.metrics import Metrics
+from responder.store import Store, StoreError, WorkItem
+from responder.store import work as ops
+from runbook.actions import ACTIONS
+from runbook.loader import LoadedRunbook
+
+log = logging.getLogger("responder.worker")
+
+# Safe to run twice: after a crash in the middle of one of these, it is run again rather than
+# escalated. Anything else that was running at a crash is escalated, never re-run.
+IDEMPOTENT_ACTIONS = frozenset({
+    "page", "bullmq_pause", "bullmq_resume", "redis_memory_purge", "rq_clean_registries",
+    "pg_vacuum_analyze", "pg_cancel_long_queries", "pg_terminate_long_queries",
+    "pg_terminate_idle_in_transaction", "bullmq_clean", "files_clean",
+})
+
+RunAction = Callable[[str, Any, ActionContext], Awaitable[Outcome]]
+StillFiring = Callable[[ActionContext], Awaitable[bool | None]]
+ResolvePage = Callable[[ActionContext], Awaitable[Outcome]]
+
+
+def _optional(module: str, name: str) -> Any:
+    """An attribute of a module that a later part of the project provides, or None."""
+    try:
+        return getattr(importlib.import_module(module), name, None)
+    except ModuleNotFoundError as exc:
+        if exc.name and module.startswith(exc.name):
+            return None
+        raise
+
+
+@dataclass
+class Hooks:
+    """The actions package's entry points (run, verify, resolve a page)."""
+
+    run_action: RunAction | None = None
+    still_firing: StillFiring | None = None
+    resolve_page: ResolvePage | None = None
+    idempotent: frozenset[str] = IDEMPOTENT_ACTIONS
+
+    @classmethod
+    def discover(cls) -> Hooks:
+        """Find `responder.actions.run_action`, `responder.verify.still_firing` and the
+        page resolve path (`responder.actions.resolve_page`, else `actions.notify.resolve`)."""
+        extra = _optional("responder.actions", "IDEMPOTENT") or frozenset()
+        return cls(
+            run_action=cast(RunAction | None, _optional("responder.actions", "run_action")),
+            still_firing=cast(StillFiring | None, _optional("responder.verify", "still_firing")),
+            resolve_page=cast(ResolvePage | None,
+                              _optional("responder.actions", "resolve_page")
+                              or _optional("responder.actions.notify", "resolve")),
+            idempotent=IDEMPOTENT_ACTIONS | frozenset(extra),
+        )
+
+
+@dataclass
+class WorkerConfig:
+    """How one worker claims and runs work."""
+
+    owner: str
+    lease: float = 60.0
+    poll: float = 0.5
+    concurrency: int = 4
+    public_url: str = ""
+    env: Mapping[str, str] = field(default_factory=dict)
+
+
+class LostClaim(Exception):
+    """Another replica took this work over (our lease had expired)."""
+
+
+class Worker:
+    """Runs `do`, verify, escalate and page work; one task per claimed item, bounded."""
+
+    def __init__(self, store: Store, loaded: LoadedRunbook, session: aiohttp.ClientSession,
+                 metrics: Metrics, config: WorkerConfig, hooks: Hooks | None = None) -> None:
+        self.store = store
+        self.loaded = loaded
+        self.session = session
+        self.metrics = metrics
+        self.config = config
+        self.hooks = hooks or Hooks.discover()
+        self._wake = asyncio.Event()
+
+    def wake(self) -> None:
+        """New work was queued: look now instead of at the next poll."""
+        self._wake.set()
+
+    async def recover(self, everything: bool) -> list[dict[str, Any]]:
+        """Resume or escalate work left claimed by a stopped process."""
+        found = await self.store.run(lambda tx: ops.recover(
+            tx, self.config.owner, time.time(), everything, self.hooks.idempotent))
+        for item in found:
+            log.warning("recovered work %s: %s", item["work"], item["result"])
+        return found
+
+    async def run(self) -> None:
+        """Claim and run work until cancelled."""
+        slots = asyncio.Semaphore(self.config.concurrency)
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self._recover_loop())
+            while True:
+                await slots.acquire()
+                self._wake.clear()
+                try:
+                    item = await self.store.run(lambda tx: ops.claim(
+                        tx, self.config.owner, time.time(), self.config.lease))
+                except StoreError as exc:
+                    slots.release()
+                    self.metrics.store_errors.labels("claim").inc()
+                    log.error("cannot claim work: %s", exc)
+                    await asyncio.sleep(self.config.poll)
+                    continue
+                if item is None:
+                    slots.release()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), self.config.poll)
+                    continue
+                group.create_task(self._process(item, slots))
+
+    async def _recover_loop(self) -> None:
+        while True:
+            await asyncio.sleep(max(self.config.lease / 2, 0.2))
+            try:
+                if await self.recover(everything=False):
+                    self.wake()
+            except StoreError as exc:
+                self.metrics.store_errors.labels("recover").inc()
+                log.error("cannot recover work: %s", exc)
+
+    async def _process(self, item: WorkItem, slots: asyncio.Semaphore) -> None:
+        try:
+            async with asyncio.TaskGroup() as group:
+                beat = group.create_task(self._heartbeat(item))
+                try:
+                    outcomes, verdict = await self._execute(item)
+                    now = time.time()
+                    await self.store.run(lambda tx: ops.complete(
+                        tx, item, self.config.owner, outcomes, verdict, now))
+                finally:
+                    beat.cancel()
+        except* LostClaim:
+            log.warning("work %s was taken over by another replica", item.id)
+        except* StoreError as group_error:
+            self.metrics.store_errors.labels("work").inc()
+            log.error("work %s: store failed, left for recovery: %s", item.id,
+                      group_error.exceptions[0])
+        except* Exception:
+            log.exception("work %s failed unexpectedly; left for recovery", item.id)
+        finally:
+            slots.release()
+            self.wake()
+
+    async def _heartbeat(self, item: WorkItem) -> None:
+        while True:
+            await asyncio.sleep(self.config.lease / 3)
+            ours = await self.store.run(lambda tx: ops.renew(
+                tx, item.id, self.config.owner, time.time() + self.config.lease))
+            if not ours:
+                raise LostClaim(item.id)
+
+    async def _context(self, item: WorkItem, dry_run: bool) -> ActionContext:
+        import json
+
+        occ = item.occurrence
+        past = await self.store.run(lambda tx: ops.history(tx, item.occurrence_id))
+        starts = datetime.fromisoformat(str(occ["starts_at"]).replace("Z", "+00:00"))
+        alert = AlertView(
+            fingerprint=str(occ["fingerprint"]), starts_at=starts.astimezone(UTC),
+            labels=json.loads(occ["labels"]), annotations=json.loads(occ["annotations"]),
+            status="resolved" if occ.get("resolved_at") else "firing",
+            generator_url=str(occ["generator_url"]))
+        base = self.config.public_url.rstrip("/")
+        return ActionContext(
+            alert=alert, occurrence_id=item.occurrence_id, runbook=self.loaded,
+            session=self.session, env=self.config.env, dry_run=dry_run,
+            history=[_outcome(h) for h in past],
+            incident_url=f"{base}/incidents/{item.occurrence_id}" if base else "")
+
+    async def _execute(self, item: WorkItem) -> tuple[list[dict[str, Any]], bool | None]:
+        dry_run = bool(item.plan.get("dry_run"))
+        if item.kind == "verify":
+            return [], await self._verify(await self._context(item, dry_run))
+        if item.kind == "resolve_page":
+            ctx = await self._context(item, False)
+            outcome = await self._resolve_page(ctx)
+            return [outcome.as_json()], None
+        outcomes: list[dict[str, Any]] = []
+        steps = item.plan.get("steps", [])
+        for index in range(item.next_step, len(steps)):
+            name, params = steps[index]["action"], steps[index]["params"]
+            step_dry = dry_run and name != "page"
+            ctx = await self._context(item, step_dry)
+            started = time.time()
+            if not await self.store.run(functools.partial(
+                    ops.begin_step, item=item, owner=self.config.owner, index=index,
+                    detail={"action": name, "dry_run": step_dry}, now=started)):
+                raise LostClaim(item.id)
+            outcome = await self._action(name, params, ctx)
+            self.metrics.actions.labels(name, outcome.status.value).inc()
+            self.metrics.action_seconds.labels(name).observe(outcome.duration_seconds)
+            result = outcome.as_json()
+            outcomes.append(result)
+            await self.store.run(functools.partial(
+                ops.finish_step, item=item, owner=self.config.owner, index=index,
+                outcome=result, now=time.time()))
+            if item.kind == "run" and not outcome.ok:
+                break  # a failed remediation step escalates; later steps assumed it worked
+        return outcomes, None
+
+    async def _action(self, name: str, raw: Any, ctx: ActionContext) -> Outcome:
+        started = time.monotonic()
+        if self.hooks.run_action is None:
+            return Outcome(name, Status.FAILED, 0.0, "no action implementations are installed")
+        model = ACTIONS.get(name)
+        if model is None:
+            return Outcome(name, Status.FAILED, 0.0, f"unknown action {name!r}")
+        try:
+            params = model.model_validate(raw)
+            return await self.hooks.run_action(name, params, ctx)
+        except Exception as exc:  # one broken action never stops the worker
+            log.exception("action %s raised", name)
+            return Outcome(name, Status.FAILED, time.monotonic() - started,
+                           f"{type(exc).__name__}: {exc}")
+
+    async def _verify(self, ctx: ActionContext) -> bool | None:
+        if self.hooks.still_firing is None:
+            return None
+        try:
+            return await self.hooks.still_firing(ctx)
+        except Exception:  # unknown, so the resolved notification alone decides
+            log.exception("verification raised")
+            return None
+
+    async def _resolve_page(self, ctx: ActionContext) -> Outcome:
+        if self.hooks.resolve_page is None:
+            return Outcome("page", Status.SKIPPED, 0.0, "no page resolve path is installed")
+        try:
+            return await self.hooks.resolve_page(ctx)
+        except Exception as exc:
+            log.exception("resolving the page raised")
+            return Outcome("page", Status.FAILED, 0.0, f"{type(exc).__name__}: {exc}")
+
+
+def _outcome(data: Mapping[str, Any]) -> Outcome:
+    try:
+        status = Status(data.get("status", "failed"))
+    except ValueError:
+        status = Status.FAILED
+    return Outcome(str(data.get("action", "")), status, float(data.get("duration_seconds", 0.0)),
+                   str(data.get("output", "")), dict(data.get("detail", {})))

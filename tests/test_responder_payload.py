@@ -1,0 +1,56 @@
+"""The webhook model against real Alertmanager bodies and malformed ones."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from pydantic import ValidationError
+
+from responder.payload import Notification, parse_time
+from tests.test_responder_support import PAYLOADS, alert, body
+
+
+@pytest.mark.parametrize("name", ["firing.json", "resolved.json"])
+def test_real_payloads_validate(name: str) -> None:
+    note = Notification.model_validate_json((PAYLOADS / name).read_text())
+    assert note.version == "4"
+    assert note.alerts[0].fingerprint == "2e93cb24a611194c"
+    assert note.alerts[0].labels["alertname"] == "GaugeHigh"
+    assert note.alerts[0].starts_key == "2026-11-24T07:12:19.279000Z"
+    assert (note.alerts[0].ended is None) == (name == "firing.json")
+
+
+def test_unknown_fields_are_kept_and_truncation_recorded() -> None:
+    data = body(notification_reason="repeat", routeLabels={"team": "db"})
+    data["truncatedAlerts"] = 3
+    data["alerts"][0]["newAlertField"] = 1
+    note = Notification.model_validate(data)
+    assert note.extra_fields == {"notification_reason": "repeat", "routeLabels": {"team": "db"}}
+    assert note.truncated_alerts == 3
+
+
+def test_nanosecond_timestamps_and_zones_normalize() -> None:
+    a = Notification.model_validate(body(alert(starts="2026-11-24T07:12:19.279123456Z")))
+    b = Notification.model_validate(body(alert(starts="2026-11-24T08:12:19.279123+01:00")))
+    assert a.alerts[0].starts_key == b.alerts[0].starts_key
+    assert parse_time("0001-01-01T00:00:00Z").year == 1
+
+
+@pytest.mark.parametrize(("mutate", "where"), [
+    (lambda d: d.update(version="3"), "version"),
+    (lambda d: d.update(alerts=[]), "alerts"),
+    (lambda d: d.pop("status"), "status"),
+    (lambda d: d["alerts"][0].pop("fingerprint"), "fingerprint"),
+    (lambda d: d["alerts"][0].update(startsAt="yesterday"), "startsAt"),
+    (lambda d: d["alerts"][0].update(labels={}), "labels"),
+    (lambda d: d["alerts"][0].update(status="pending"), "status"),
+    (lambda d: d["alerts"][0]["labels"].update(n=1), "labels"),
+    (lambda d: d.update(truncatedAlerts=-1), "truncatedAlerts"),
+])
+def test_malformed_bodies_fail_naming_the_field(mutate: object, where: str) -> None:
+    data = json.loads(json.dumps(body()))
+    mutate(data)  # type: ignore[operator]
+    with pytest.raises(ValidationError) as info:
+        Notification.model_validate(data)
+    assert where in str(info.value)
