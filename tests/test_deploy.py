@@ -761,9 +761,7 @@ def test_systemd_unit_settings(name: str) -> None:
     assert cli_error(args) is None, cli_error(args)
     assert args[args.index("--listen") + 1] == f"127.0.0.1:{PORTS[name]}"
     if name == "responder":
-        store = argv[argv.index("--store") + 1]
-        assert store.startswith("sqlite:")
-        assert f"%S/{state}/" in store
+        assert argv[argv.index("--data-dir") + 1] == f"%S/{state}"
         assert argv[argv.index("--token-file") + 1] == "%d/webhook-token"
         assert settings["LoadCredential"] == ["webhook-token:/etc/runbook/webhook-token"]
     for values in settings.values():
