@@ -1,0 +1,185 @@
+"""Intake, dedupe, decisions, the worker and the audit, on both stores (real SQLite, PostgreSQL)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+
+from responder.store import Store, open_store
+from responder.store.base import occurrence_id
+from tests.test_responder_support import (
+    AUTH,
+    PAYLOADS,
+    alert,
+    append_argv,
+    body,
+    incident,
+    kinds,
+    load,
+    page_sink,
+    post,
+    responder,
+    wait_state,
+)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
+    if request.param == "sqlite":
+        return open_store(None, tmp_path / "data")
+    return open_store(request.getfixturevalue("postgres_dsn"))
+
+
+def oid(fp: str = "fp1", starts: str = "2026-11-24T07:12:19.279000Z") -> str:
+    return occurrence_id(fp, starts)
+
+
+def auto_rule(out: Path, extra: str = "") -> str:
+    argv = json.dumps(append_argv(out))
+    return (f"  - name: gauge\n    match: {{alertname: GaugeHigh}}\n    external: true\n"
+            f"    mode: auto\n    cooldown: 0s\n    do: [{{exec: {argv}}}]\n{extra}")
+
+
+async def test_firing_runs_once_across_resends(store: Store, tmp_path: Path) -> None:
+    out = tmp_path / "runs.txt"
+    async with page_sink() as (_sink, url), \
+            responder(load(auto_rule(out), url), store) as client:
+        for _ in range(5):
+            response = await post(client, body())
+            assert response.status == 200, await response.text()
+        data = await wait_state(client, oid(), "acted")
+        assert out.read_text() == "host-1\n"
+        steps = kinds(data)
+        assert steps[:3] == ["received", "matched", "rail"]
+        assert steps.count("deduplicated") == 4
+        assert steps.count("queued") == 1
+        assert steps.count("action_started") == steps.count("action_finished") == 1
+        assert data["decision"][0]["outcome"] == "queued"
+        assert data["notifications"] == 5
+
+
+async def test_resolved_closes_and_never_remediates(store: Store, tmp_path: Path) -> None:
+    out = tmp_path / "runs.txt"
+    rule = auto_rule(out).replace("mode: auto", "mode: approve")
+    async with page_sink() as (_sink, url), responder(load(rule, url), store) as client:
+        assert (await post(client, body(alert(status="resolved", fingerprint="early")))).status \
+            == 200
+        first = await incident(client, oid("early"))
+        assert first["state"] == "resolved"
+        assert "queued" not in kinds(first)
+        assert (await post(client, body())).status == 200
+        await wait_state(client, oid(), "awaiting_approval")
+        assert (await post(client, body(alert(status="resolved")))).status == 200
+        data = await wait_state(client, oid(), "resolved")
+        approve = await client.post(f"/incidents/{oid()}/approve", headers=AUTH)
+        assert approve.status == 409
+        assert "resolved" in (await approve.json())["error"]
+        await asyncio.sleep(0.3)
+        assert not out.exists()
+        assert kinds(data)[-1] == "resolved"
+
+
+async def test_approve_and_reject(store: Store, tmp_path: Path) -> None:
+    out = tmp_path / "runs.txt"
+    rule = auto_rule(out).replace("mode: auto", "mode: approve")
+    async with page_sink() as (_sink, url), responder(load(rule, url), store) as client:
+        await post(client, body(alert(fingerprint="a"), alert(fingerprint="b")))
+        a, b = oid("a"), oid("b")
+        await wait_state(client, a, "awaiting_approval")
+        assert not out.exists()
+        no_auth = await client.post(f"/incidents/{a}/approve")
+        assert no_auth.status == 401
+        ok = await client.post(f"/incidents/{a}/approve", headers=AUTH,
+                               json={"by": "ana", "reason": "go"})
+        assert ok.status == 200
+        assert (await ok.json())["state"] == "queued"
+        await wait_state(client, a, "acted")
+        rejected = await client.post(f"/incidents/{b}/reject", headers=AUTH)
+        assert (await rejected.json())["state"] == "rejected"
+        data = await incident(client, b)
+        assert "rejected" in kinds(data)
+        assert out.read_text() == "host-1\n"
+        missing = await client.post("/incidents/nope/approve", headers=AUTH)
+        assert missing.status == 404
+
+
+async def test_unmatched_alert_pages_a_human(store: Store, tmp_path: Path) -> None:
+    async with page_sink() as (sink, url), \
+            responder(load(auto_rule(tmp_path / "x"), url), store) as client:
+        await post(client, body(alert(fingerprint="other", alertname="DiskFull")))
+        data = await wait_state(client, oid("other"), "paged")
+        assert data["decision"][0]["rule"] == "(no rule)"
+        assert "no respond rule matches" in data["decision"][0]["reason"]
+        assert len(sink.received) == 1
+        # Resolving the occurrence resolves the page it raised.
+        await post(client, body(alert(fingerprint="other", alertname="DiskFull",
+                                      status="resolved")))
+        data = await wait_state(client, oid("other"), "resolved")
+        for _ in range(100):
+            if "page_resolved" in kinds(await incident(client, oid("other"))):
+                break
+            await asyncio.sleep(0.05)
+        assert "page_resolved" in kinds(await incident(client, oid("other")))
+
+
+async def test_verify_escalates_then_pages_with_history(store: Store, tmp_path: Path) -> None:
+    out = tmp_path / "runs.txt"
+    esc = tmp_path / "escalated.txt"
+    argv = json.dumps(append_argv(esc))
+    rule = auto_rule(out, f"    verify_after: 1s\n    escalate: [{{exec: {argv}}}]\n")
+    async with page_sink() as (sink, url), responder(load(rule, url), store) as client:
+        await post(client, body())
+        await wait_state(client, oid(), "verifying")
+        data = await wait_state(client, oid(), "escalated", timeout=20)
+        assert esc.read_text() == "host-1\n"
+        assert out.read_text() == "host-1\n"
+        steps = kinds(data)
+        assert steps.index("verifying") < steps.index("escalated") < steps.index("paged")
+        assert len(sink.received) == 1
+
+
+async def test_verify_heals_when_resolved(store: Store, tmp_path: Path) -> None:
+    out = tmp_path / "runs.txt"
+    rule = auto_rule(out, "    verify_after: 1s\n")
+    async with page_sink() as (sink, url), responder(load(rule, url), store) as client:
+        await post(client, body())
+        await wait_state(client, oid(), "verifying")
+        await post(client, body(alert(status="resolved")))
+        data = await wait_state(client, oid(), "healed")
+        assert "resolved" in kinds(data)
+        await asyncio.sleep(1.3)
+        assert "escalated" not in kinds(await incident(client, oid()))
+        assert sink.received == []
+
+
+async def test_failed_action_escalates(store: Store, tmp_path: Path) -> None:
+    rule = ("  - name: broken\n    match: {alertname: GaugeHigh}\n    external: true\n"
+            "    mode: auto\n    do: [{exec: [/nonexistent/program]}]\n")
+    async with page_sink() as (sink, url), responder(load(rule, url), store) as client:
+        await post(client, body())
+        data = await wait_state(client, oid(), "escalated")
+        escalated = next(s for s in data["steps"] if s["kind"] == "escalated")
+        assert "exec failed" in escalated["detail"]["reason"]
+        assert len(sink.received) == 1
+
+
+async def test_real_payload_files(store: Store, tmp_path: Path) -> None:
+    firing = (PAYLOADS / "firing.json").read_text()
+    resolved = (PAYLOADS / "resolved.json").read_text()
+    rule = ("  - name: gauge\n    match: {alertname: GaugeHigh}\n    external: true\n"
+            "    mode: page\n")
+    async with page_sink() as (sink, url), responder(load(rule, url), store) as client:
+        assert (await post(client, firing)).status == 200
+        the_id = oid("2e93cb24a611194c", "2026-11-24T07:12:19.279000Z")
+        await wait_state(client, the_id, "paged")
+        assert (await post(client, resolved)).status == 200
+        data = await wait_state(client, the_id, "resolved")
+        assert data["labels"]["job"] == "gauge"
+        assert len(sink.received) >= 1
+        listed = await (await client.get("/incidents?active=1", headers=AUTH)).json()
+        assert listed["incidents"] == []
+        every = await (await client.get("/incidents", headers=AUTH)).json()
+        assert [i["id"] for i in every["incidents"]] == [the_id]
