@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import redis.asyncio as aioredis
 from bullmq import Queue
 
 from responder.actions.base import ActionContext, ActionFn, Outcome, Status, outcome
@@ -18,7 +19,8 @@ from responder.actions.labels import fill
 from responder.actions.targets import redis_target, redis_url
 from runbook.actions import BullmqCleanParams, BullmqRemoveJobParams, BullmqRetryParams, QueueRef
 
-_REMOVE_CODES = {0: "no such job", -8: "the job is locked by a worker (active)"}
+_REMOVE_CODES = {0: "the job is locked by a worker (active)",
+                 -8: "the job belongs to a job scheduler (remove the scheduler instead)"}
 
 
 def queue_name(ctx: ActionContext, params: QueueRef) -> str:
@@ -30,12 +32,14 @@ def queue_name(ctx: ActionContext, params: QueueRef) -> str:
 async def open_queue(ctx: ActionContext, params: QueueRef) -> AsyncIterator[Any]:
     """A bullmq Queue on the target's Redis with the runbook's prefix, closed afterwards."""
     prefix = redis_target(ctx, params.redis).queues.bullmq_prefix
-    queue = Queue(queue_name(ctx, params), {"connection": redis_url(ctx, params.redis),
-                                            "prefix": prefix})
+    # Our own client (bullmq's reads decoded strings): no retry storm on a dead Redis, and
+    # closed with aclose rather than bullmq's deprecated close.
+    conn = aioredis.Redis.from_url(redis_url(ctx, params.redis), decode_responses=True,
+                                   socket_timeout=10.0)
     try:
-        yield queue
+        yield Queue(queue_name(ctx, params), {"connection": conn, "prefix": prefix})
     finally:
-        await queue.close()
+        await conn.aclose()
 
 
 async def _counts(queue: Any) -> dict[str, int]:
@@ -109,10 +113,14 @@ async def remove_job(ctx: ActionContext, params: BullmqRemoveJobParams) -> Outco
         return outcome(name, Status.DRY_RUN, f"would remove job {job_id} of {queue_label}",
                        queue=queue_label, job_id=job_id)
     async with open_queue(ctx, params) as queue:
+        state = await queue.getJobState(job_id)
+        if state == "unknown":
+            return outcome(name, Status.FAILED, f"{queue_label}: no job {job_id}",
+                           queue=queue_label, job_id=job_id)
         code = int(await queue.remove(job_id))
     if code == 1:
-        return outcome(name, Status.OK, f"{queue_label}: removed job {job_id}",
-                       queue=queue_label, job_id=job_id)
+        return outcome(name, Status.OK, f"{queue_label}: removed job {job_id} (was {state})",
+                       queue=queue_label, job_id=job_id, state=state)
     reason = _REMOVE_CODES.get(code, f"removeJob returned {code}")
     return outcome(name, Status.FAILED, f"{queue_label}: job {job_id} not removed: {reason}",
                    queue=queue_label, job_id=job_id, code=code)
