@@ -85,7 +85,8 @@ async def open_resources(watch: Watch, env: Mapping[str, str] | None = None) -> 
 async def open_pool(dsn: str, seconds: float) -> asyncpg.Pool:
     """A small pool; statement_timeout bounds every query on every connection it opens."""
     pool = await asyncpg.create_pool(
-        dsn, min_size=0, max_size=2, timeout=seconds, command_timeout=seconds,
+        # The server's statement_timeout acts first; command_timeout is the client's backstop.
+        dsn, min_size=0, max_size=2, timeout=seconds, command_timeout=seconds + 1.0,
         server_settings={"statement_timeout": str(int(seconds * 1000)),
                          "application_name": "runbook-exporter"},
     )
