@@ -217,6 +217,8 @@ def test_ai_analysis_numbers() -> None:
     assert alert(rb, "cache_hit_rate").alertname == "CacheHitRateLow"
     assert tiers(alert(rb, "disk_usage")) == {"warning": (0.80, 5 * MIN),
                                               "critical": (0.90, 5 * MIN)}
+    # Line 63: "Memory Usage: <80%".
+    assert tiers(alert(rb, "memory_usage")) == {"warning": (0.80, 5 * MIN)}
     # Line 537: stat.failed / stat.total > 0.05.
     assert tiers(alert(rb, "queue_failure_rate")) == {"warning": (0.05, 5 * MIN)}
     # Lines 317-321: long-running queries are those over 5 minutes.
@@ -265,6 +267,10 @@ def test_ai_analysis_responses() -> None:
     assert params.longer_than == 5 * MIN
     # Line 473: pm2 restart app.
     assert argvs(response(rb, "ProbeFailuresHigh", "critical")) == [["pm2", "restart", "app"]]
+    # Lines 426 and 473: restart services with pm2, after approval.
+    rule = response(rb, "MemoryUsageHigh", "warning")
+    assert rule.mode == "approve"
+    assert argvs(rule) == [["pm2", "restart", "app"]]
     # Line 450: retry failed jobs.
     assert [n for n, _ in steps(response(rb, "QueueFailureRateHigh", "warning"))] == [
         "bullmq_retry_failed"]
