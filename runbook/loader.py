@@ -72,7 +72,8 @@ def load_text(text: str, file: str = "<runbook>") -> LoadedRunbook:
         errors.extend(_alert_errors(source))
         raise RunbookError(_sorted(errors)) from None
     loaded, problems = _cross_check(runbook)
-    errors.extend(SourceError(file, source.line_of(p), format_path(p), r) for p, r in problems)
+    written = [(_as_written(source.data, p), r) for p, r in problems]
+    errors.extend(SourceError(file, source.line_of(p), format_path(p), r) for p, r in written)
     if errors:
         raise RunbookError(_sorted(errors))
     assert loaded is not None

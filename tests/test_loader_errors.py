@@ -575,3 +575,19 @@ def test_page_keyed_by_unknown_severity(tmp_path: Path) -> None:
           urgent:
             slack: {webhook_url_env: SLACK_WEBHOOK_URL}
         """, (3, "page.urgent", ("page is keyed by severity", "critical")))
+
+
+def test_bad_placeholder_in_exec_argv(tmp_path: Path) -> None:
+    check(tmp_path, """
+        service: api
+        respond:
+          - match: {severity: critical}
+            external: true
+            mode: auto
+            do:
+              - exec: [echo, "{{ label.x }}"]
+              - exec:
+                  argv: [echo, "{{ label.x }}"]
+        """,
+          (7, "respond[0].do[0].exec[1]", ("{{ labels.NAME }}",)),
+          (9, "respond[0].do[1].exec.argv[1]", ("{{ labels.NAME }}",)))
