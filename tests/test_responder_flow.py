@@ -133,7 +133,7 @@ async def test_verify_escalates_then_pages_with_history(store: Store, tmp_path: 
     async with page_sink() as (sink, url), responder(load(rule, url), store) as client:
         await post(client, body())
         await wait_state(client, oid(), "verifying")
-        data = await wait_state(client, oid(), "escalated", timeout=20)
+        data = await wait_state(client, oid(), "escalated", within=20)
         assert esc.read_text() == "host-1\n"
         assert out.read_text() == "host-1\n"
         steps = kinds(data)

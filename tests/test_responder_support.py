@@ -140,8 +140,8 @@ async def incident(client: TestClient[web.Request, web.Application], oid: str
 
 
 async def wait_state(client: TestClient[web.Request, web.Application], oid: str,
-                     *states: str, timeout: float = 15.0) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
+                     *states: str, within: float = 15.0) -> dict[str, Any]:
+    deadline = time.monotonic() + within
     while True:
         data = await incident(client, oid)
         if data["state"] in states:
