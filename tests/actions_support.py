@@ -36,6 +36,7 @@ def context(
     history: list[Outcome] | None = None,
     annotations: Mapping[str, str] | None = None,
     fingerprint: str = "0123456789abcdef",
+    generator_url: str = "",
 ) -> ActionContext:
     """An ActionContext for one alert; env defaults to PATH only."""
     alert = AlertView(
@@ -43,6 +44,7 @@ def context(
         starts_at=STARTS,
         labels=dict(labels or {"alertname": "QueueDepthHigh", "severity": "critical"}),
         annotations=dict(annotations or {}),
+        generator_url=generator_url,
     )
     return ActionContext(
         alert=alert,
