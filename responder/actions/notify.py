@@ -197,9 +197,17 @@ async def page(ctx: ActionContext, params: PageParams) -> Outcome:
     return await notify(ctx, "page", "trigger", params.severity, params.message)
 
 
+def paged_severity(ctx: ActionContext) -> str | None:
+    """The severity the last page of this occurrence went out with, if any (from ctx.history)."""
+    for item in reversed(ctx.history):
+        if item.action == "page" and item.status is Status.OK and item.detail.get("severity"):
+            return str(item.detail["severity"])
+    return None
+
+
 async def resolve(ctx: ActionContext, severity: str | None = None) -> Outcome:
-    """Tell the same receivers the incident healed (PagerDuty resolves by dedup_key)."""
-    return await notify(ctx, "page_resolve", "resolve", severity, None)
+    """Tell the receivers that were paged that the incident healed (PagerDuty: by dedup_key)."""
+    return await notify(ctx, "page_resolve", "resolve", severity or paged_severity(ctx), None)
 
 
 IMPLS: dict[str, ActionFn] = {"page": page}
