@@ -1,0 +1,106 @@
+"""Real `runbook responder` processes: crash recovery, two replicas on one PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from responder.store.base import occurrence_id
+from tests.stack import Stack, free_port, http_json, stack
+from tests.test_responder_support import TOKEN, ThreadSink, body, runbook
+
+OID = occurrence_id("fp1", "2026-11-24T07:12:19.279000Z")
+
+
+def start(s: Stack, name: str, rb: Path, *args: str) -> str:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    s.runbook(name, ["responder", "--runbook", str(rb), "--listen", f"127.0.0.1:{port}", *args],
+              f"{url}/health/ready", env={"RUNBOOK_WEBHOOK_TOKEN": TOKEN})
+    return url
+
+
+def wait_for(url: str, check: Any, within: float = 20.0) -> dict[str, Any]:
+    deadline = time.monotonic() + within
+    while True:
+        data: dict[str, Any] = http_json(f"{url}/incidents/{OID}", token=TOKEN)
+        if check(data):
+            return data
+        if time.monotonic() > deadline:
+            raise AssertionError(json.dumps(data, indent=1)[-4000:])
+        time.sleep(0.05)
+
+
+async def post_many(urls: list[str], payload: dict[str, Any], count: int) -> list[int]:
+    headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+    data = json.dumps(payload)
+    async with aiohttp.ClientSession() as session:
+        async def one(i: int) -> int:
+            async with session.post(f"{urls[i % len(urls)]}/alerts", data=data,
+                                    headers=headers) as response:
+                return response.status
+        return list(await asyncio.gather(*(one(i) for i in range(count))))
+
+
+def kinds(data: dict[str, Any]) -> list[str]:
+    return [s["kind"] for s in data["steps"]]
+
+
+def test_action_cut_short_by_a_crash_is_escalated_not_rerun(tmp_path: Path) -> None:
+    runs = tmp_path / "runs.txt"
+    code = ("import sys, time; open(sys.argv[1], 'a').write('start\\n'); time.sleep(60)")
+    argv = json.dumps(["python3", "-c", code, str(runs)])
+    sink = ThreadSink()
+    try:
+        rule = ("  - name: slow\n    match: {alertname: GaugeHigh}\n    external: true\n"
+                f"    mode: auto\n    do: [{{exec: {{argv: {argv}, timeout: 2m}}}}]\n")
+        rb = tmp_path / "runbook.yml"
+        rb.write_text(runbook(rule, sink.url))
+        with stack() as s:
+            data_dir = str(tmp_path / "data")
+            url = start(s, "responder-1", rb, "--data-dir", data_dir)
+            assert asyncio.run(post_many([url], body(), 1)) == [200]
+            wait_for(url, lambda d: "action_started" in kinds(d))
+            while not runs.exists():
+                time.sleep(0.02)
+            s.procs[-1].kill()
+            url = start(s, "responder-2", rb, "--data-dir", data_dir)
+            data = wait_for(url, lambda d: d["state"] == "escalated")
+            interrupted = next(x for x in data["steps"] if x["kind"] == "interrupted")
+            assert "not run again" in interrupted["detail"]["reason"]
+            assert runs.read_text() == "start\n"
+            assert len(sink.received) == 1
+    finally:
+        sink.close()
+
+
+def test_two_replicas_on_one_postgres_decide_once(tmp_path: Path, postgres_dsn: str) -> None:
+    runs = tmp_path / "runs.txt"
+    code = "import sys; open(sys.argv[1], 'a').write(sys.argv[2] + '\\n')"
+    argv = json.dumps(["python3", "-c", code, str(runs), "{{ labels.instance }}"])
+    rule = ("  - name: fix\n    match: {alertname: GaugeHigh}\n    external: true\n"
+            f"    mode: auto\n    do: [{{exec: {argv}}}]\n")
+    rb = tmp_path / "runbook.yml"
+    rb.write_text(runbook(rule))
+    with stack() as s:
+        urls = [start(s, f"replica-{i}", rb, "--store", postgres_dsn) for i in range(2)]
+        statuses = asyncio.run(post_many(urls, body(), 100))
+        assert statuses == [200] * 100
+        data = wait_for(urls[1], lambda d: d["state"] == "acted")
+        time.sleep(1.0)  # any second run would have started by now
+        data = http_json(f"{urls[0]}/incidents/{OID}", token=TOKEN)
+        steps = kinds(data)
+        assert steps.count("received") == 1
+        assert steps.count("matched") == 1
+        assert steps.count("queued") == 1
+        assert steps.count("deduplicated") == 99
+        assert steps.count("action_started") == 1
+        assert len(data["decision"]) == 1
+        assert runs.read_text() == "host-1\n"
+        both = {s["detail"]["by"] for s in data["steps"] if s["kind"] == "action_started"}
+        assert len(both) == 1
