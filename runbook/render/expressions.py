@@ -1,0 +1,229 @@
+"""Signal -> PromQL, from the metric contract: the value of each signal, per its labels."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from runbook.alerting import ResolvedAlert
+from runbook.render import RenderError
+from runbook.render.timing import Timing, dur
+from runbook.schema import Runbook, Slo
+from runbook.signals import Unit
+
+QUANTILES = {"latency_p95": 0.95, "latency_p99": 0.99}
+UNIT_SUFFIX = {Unit.RATIO: "ratio", Unit.SECONDS: "seconds", Unit.COUNT: "count",
+               Unit.BYTES: "bytes"}
+PROBE_REQUESTS = "runbook_probe_requests_total"
+PROBE_LATENCY = "runbook_probe_duration_seconds"
+
+
+@dataclass(frozen=True)
+class SignalQuery:
+    """A recorded signal: the recording rule's name, its PromQL and the labels it keeps."""
+
+    record: str
+    expr: str
+    by: tuple[str, ...]
+
+
+def number(value: float) -> str:
+    """A threshold as PromQL writes it: 100, 0.7, 1e-05."""
+    if value == int(value) and abs(value) < 1e15:
+        return str(int(value))
+    return repr(value)
+
+
+def metric_prefix(service: str) -> str:
+    """The service name as the first part of a recording rule name (no dashes)."""
+    name = service.replace("-", "_")
+    return name if re.match(r"^[a-zA-Z_]", name) else "_" + name
+
+
+def record_name(service: str, key: str, unit: Unit) -> str:
+    """`cinder-js`, `memory_usage` -> `cinder_js:memory_usage:ratio`."""
+    return f"{metric_prefix(service)}:{key}:{UNIT_SUFFIX[unit]}"
+
+
+def quote(value: str) -> str:
+    """A PromQL string literal."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def selector(metric: str, matchers: dict[str, str] | None = None, regex: bool = False) -> str:
+    """`metric{a="b"}` (or `=~` matchers when regex)."""
+    op = "=~" if regex else "="
+    inner = ",".join(f"{k}{op}{quote(v)}" for k, v in sorted((matchers or {}).items()))
+    return f"{metric}{{{inner}}}" if inner else metric
+
+
+def _by(labels: tuple[str, ...]) -> str:
+    return f"by ({', '.join(labels)})" if labels else ""
+
+
+def _sum(inner: str, by: tuple[str, ...], fn: str = "sum") -> str:
+    return f"{fn} {_by(by)} ({inner})" if by else f"{fn}({inner})"
+
+
+def app_requests(rb: Runbook) -> str | None:
+    """The app's request counter, when the runbook names it."""
+    return rb.watch.app.requests_total if rb.watch.app else None
+
+
+def app_histogram(rb: Runbook) -> str | None:
+    """The app's latency histogram base name, when the runbook names it."""
+    return rb.watch.app.latency_histogram if rb.watch.app else None
+
+
+def _app_job(rb: Runbook) -> dict[str, str]:
+    return {"job": rb.watch.app.job} if rb.watch.app and rb.watch.app.job else {}
+
+
+def signal_value(rb: Runbook, signal: str, by: tuple[str, ...], timing: Timing) -> str:
+    """PromQL for a catalog signal's value, aggregated to the labels `by`."""
+    w = dur(timing.window())
+
+    def rate(metric: str) -> str:
+        return _sum(f"rate({metric}[{w}])", by)
+
+    def ratio(good: str, other: str) -> str:
+        total = f"({rate(good)} + {rate(other)})"
+        return f"{rate(good)} / ({total} > 0)"
+
+    gauges = {
+        "probe_failures": ("runbook_probe_consecutive_failures", "max"),
+        "queue_depth": ("runbook_queue_depth", "sum"),
+        "queue_failed": ('runbook_queue_jobs{state="failed"}', "sum"),
+        "queue_oldest_age": ("runbook_queue_oldest_job_age_seconds", "max"),
+        "queue_workers": ("runbook_queue_workers", "sum"),
+        "db_long_queries": ("runbook_pg_long_running_queries", "max"),
+        "db_longest_query": ("runbook_pg_longest_query_seconds", "max"),
+        "db_idle_in_transaction": ("runbook_pg_idle_in_transaction", "max"),
+        "db_query_time": ("runbook_pg_statements_mean_seconds", "max"),
+        "db_replication_lag": ("runbook_pg_replication_lag_seconds", "max"),
+    }
+    if signal in gauges:
+        metric, fn = gauges[signal]
+        return _sum(metric, by, fn)
+    if signal == "memory_usage":
+        return (f"{_sum('runbook_host_memory_used_bytes', by)} / "
+                f"({_sum('runbook_host_memory_limit_bytes', by)} > 0)")
+    if signal == "cpu_usage":
+        cores = _sum("runbook_host_cpu_limit_cores", by)
+        return f"{rate('runbook_host_cpu_seconds_total')} / ({cores} > 0)"
+    if signal == "disk_usage":
+        return (f"{_sum('runbook_host_disk_used_bytes', by)} / "
+                f"({_sum('runbook_host_disk_size_bytes', by)} > 0)")
+    if signal in ("error_rate", "success_rate"):
+        bad, all_ = _request_selectors(rb, good=signal == "success_rate")
+        return f"{rate(bad)} / ({rate(all_)} > 0)"
+    if signal in QUANTILES:
+        hist = app_histogram(rb)
+        bucket = selector(f"{hist}_bucket", _app_job(rb)) if hist else f"{PROBE_LATENCY}_bucket"
+        inner = _sum(f"rate({bucket}[{w}])", (*by, "le"))
+        return f"histogram_quantile({QUANTILES[signal]}, {inner})"
+    if signal == "cache_hit_rate":
+        return ratio("runbook_redis_keyspace_hits_total", "runbook_redis_keyspace_misses_total")
+    if signal == "db_cache_hit_rate":
+        return ratio("runbook_pg_blocks_hit_total", "runbook_pg_blocks_read_total")
+    if signal == "redis_memory_usage":
+        return (f"{_sum('runbook_redis_memory_used_bytes', by)} / "
+                f"({_sum('runbook_redis_memory_max_bytes', by)} > 0)")
+    if signal == "db_connections":
+        return (f"{_sum('runbook_pg_connections', by)} / "
+                f"({_sum('runbook_pg_max_connections', by)} > 0)")
+    if signal == "log_errors":
+        return _sum(f"increase(runbook_log_lines_total[{w}])", by)
+    if signal == "staleness":
+        return _sum("time() - runbook_last_success_timestamp_seconds", by, "max")
+    raise RenderError(f"no PromQL for signal {signal!r}")
+
+
+def _request_selectors(rb: Runbook, good: bool) -> tuple[str, str]:
+    """(selected requests, all requests) counters for error or success ratios."""
+    app = rb.watch.app
+    if app and app.requests_total:
+        op = "!~" if good else "=~"
+        job = _app_job(rb)
+        inner = ",".join([*(f"{k}={quote(v)}" for k, v in job.items()),
+                          f"{app.status_label}{op}{quote(app.error_status)}"])
+        return f"{app.requests_total}{{{inner}}}", selector(app.requests_total, job)
+    result = "success" if good else "failure"
+    return f'{PROBE_REQUESTS}{{result="{result}"}}', PROBE_REQUESTS
+
+
+def signal_query(rb: Runbook, alert: ResolvedAlert, timing: Timing) -> SignalQuery:
+    """The recording rule behind one alert (catalog signal or the runbook's own expr)."""
+    record = record_name(rb.service, alert.signal.name if alert.signal else alert.key, alert.unit)
+    if alert.signal is None:
+        assert alert.expr is not None
+        return SignalQuery(record, " ".join(alert.expr.split()), ())
+    by = signal_labels(rb, alert.signal.name, alert.signal.selectable)
+    return SignalQuery(record, signal_value(rb, alert.signal.name, by, timing), by)
+
+
+def signal_labels(rb: Runbook, signal: str, selectable: tuple[str, ...]) -> tuple[str, ...]:
+    """The labels a signal's value keeps: the app's own metrics carry no exporter target."""
+    if signal in ("error_rate", "success_rate") and app_requests(rb):
+        return ()
+    if signal in QUANTILES and app_histogram(rb):
+        return ()
+    return selectable
+
+
+def alert_expr(query: SignalQuery, alert: ResolvedAlert, threshold: float) -> str:
+    """`<record>{select} > threshold` (or `<` for a below signal)."""
+    op = "<" if alert.below else ">"
+    return f"{selector(query.record, alert.select)} {op} {number(threshold)}"
+
+
+# ------------------------------------------------------------------ SLOs
+
+# (severity, tier, [(long window, short window, burn factor)]) from the SRE workbook.
+BURN_RATES: tuple[tuple[str, str, tuple[tuple[float, float, float], ...]], ...] = (
+    ("critical", "page", ((3600.0, 300.0, 14.4), (6 * 3600.0, 1800.0, 6.0))),
+    ("warning", "ticket", ((86400.0, 7200.0, 3.0), (3 * 86400.0, 6 * 3600.0, 1.0))),
+)
+
+
+def slo_windows() -> list[float]:
+    """Every window the burn-rate alerts read, shortest first."""
+    return sorted({w for _, _, pairs in BURN_RATES for pair in pairs for w in pair[:2]})
+
+
+def slo_record(service: str, slo: Slo, window: float, timing: Timing) -> str:
+    """`svc:slo_errors:ratio_rate1h` (the SLO is told apart by its `slo` label)."""
+    del slo
+    return f"{metric_prefix(service)}:slo_errors:ratio_rate{dur(timing.window(window))}"
+
+
+def le_regex(bound: float) -> str:
+    """A regex matching `le` as Go (`1`, `0.5`) and Python (`1.0`, `0.5`) clients write it."""
+    text = number(bound)
+    return re.escape(text) + (r"(\.0+)?" if "." not in text and "e" not in text else "0*")
+
+
+def slo_error_ratio(rb: Runbook, slo: Slo, window: float, timing: Timing) -> str:
+    """PromQL for the fraction of bad events over one window."""
+    w = dur(timing.window(window))
+    if slo.sli.kind == "custom":
+        assert slo.sli.errors is not None
+        assert slo.sli.total is not None
+        if "$window" not in slo.sli.errors or "$window" not in slo.sli.total:
+            raise RenderError(f"slos.{slo.name}: a custom SLI writes its range as [$window], "
+                              "e.g. sum(rate(jobs_failed_total[$window]))")
+        errors = slo.sli.errors.replace("$window", w)
+        total = slo.sli.total.replace("$window", w)
+        return f"({errors}) / (({total}) > 0)"
+    if slo.sli.kind == "latency":
+        assert slo.sli.latency is not None
+        hist = app_histogram(rb)
+        base = hist if hist else PROBE_LATENCY
+        job = _app_job(rb) if hist else {}
+        good_matchers = ",".join([*(f"{k}={quote(v)}" for k, v in job.items()),
+                                  f"le=~{quote(le_regex(slo.sli.latency))}"])
+        good = f"sum(rate({base}_bucket{{{good_matchers}}}[{w}]))"
+        total = f"sum(rate({selector(base + '_count', job)}[{w}]))"
+        return f"1 - {good} / ({total} > 0)"
+    bad, all_ = _request_selectors(rb, good=False)
+    return f"sum(rate({bad}[{w}])) / (sum(rate({all_}[{w}])) > 0)"
