@@ -1,0 +1,118 @@
+"""Store behaviour on real SQLite and PostgreSQL: recovery after a crash, and failing stores."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from responder.payload import Notification
+from responder.policy import Policy
+from responder.store import Store, StoreError, open_store
+from responder.store import work as ops
+from responder.store.intake import intake
+from responder.store.queries import get_incident
+from responder.worker import IDEMPOTENT_ACTIONS
+from tests.servers import start_postgres
+from tests.test_responder_support import AUTH, alert, body, load, post, responder
+
+PAGE_RULE = "  - name: p\n    match: {alertname: GaugeHigh}\n    external: true\n    mode: page\n"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+    s: Store = (open_store(None, tmp_path / "data") if request.param == "sqlite"
+                else open_store(request.getfixturevalue("postgres_dsn")))
+    await s.open()
+    yield s
+    await s.close()
+
+
+async def _claimed_in_step(store: Store, owner: str) -> str:
+    note = Notification.model_validate(body(alert("r1")))
+    result = await store.run(lambda tx: intake(tx, note, "{}", Policy(load(PAGE_RULE)), 1.0))
+    item = await store.run(lambda tx: ops.claim(tx, owner, time.time(), 60.0))
+    assert item is not None
+    assert await store.run(lambda tx: ops.begin_step(tx, item, owner, 0, {"action": "page"},
+                                                     time.time()))
+    return result.alerts[0].occurrence_id
+
+
+async def test_idempotent_step_is_resumed_after_a_crash(store: Store) -> None:
+    oid = await _claimed_in_step(store, "dead-process")
+    # A live replica only takes over once the lease ran out.
+    assert await store.run(lambda tx: ops.recover(tx, "me", time.time(), False,
+                                                  IDEMPOTENT_ACTIONS)) == []
+    found = await store.run(lambda tx: ops.recover(tx, "me", time.time() + 61, False,
+                                                   IDEMPOTENT_ACTIONS))
+    assert [f["result"] for f in found] == ["resumed"]
+    again = await store.run(lambda tx: ops.claim(tx, "me", time.time(), 60.0))
+    assert again is not None
+    assert again.next_step == 0
+    data = await store.run(lambda tx: get_incident(tx, oid))
+    assert data is not None
+    resumed = next(s for s in data["steps"] if s["kind"] == "resumed")
+    assert "page is idempotent" in resumed["detail"]["reason"]
+
+
+async def test_non_idempotent_step_is_escalated_after_a_crash(store: Store) -> None:
+    oid = await _claimed_in_step(store, "dead-process")
+    found = await store.run(lambda tx: ops.recover(tx, "me", time.time(), True, frozenset()))
+    assert [f["result"] for f in found] == ["escalated"]
+    data = await store.run(lambda tx: get_incident(tx, oid))
+    assert data is not None
+    steps = [s["kind"] for s in data["steps"]]
+    assert steps.index("action_started") < steps.index("interrupted")
+    assert data["state"] == "paging"
+    # Exactly one page is queued instead of the half-run step.
+    pending = await store.run(ops.pending)
+    assert pending == 1
+
+
+async def test_claims_are_exclusive(store: Store) -> None:
+    note = Notification.model_validate(body(*(alert(f"c{i}", instance=f"h{i}")
+                                              for i in range(5))))
+    await store.run(lambda tx: intake(tx, note, "{}", Policy(load(PAGE_RULE)), 1.0))
+    seen = set()
+    for owner in ("a", "b", "a", "b", "a"):
+        item = await store.run(lambda tx, o=owner: ops.claim(tx, o, time.time(), 60.0))
+        assert item is not None
+        seen.add(item.id)
+    assert len(seen) == 5
+    assert await store.run(lambda tx: ops.claim(tx, "c", time.time(), 60.0)) is None
+
+
+async def test_stopped_postgres_gives_503_then_recovers(tmp_path: Path) -> None:
+    server = start_postgres()
+    try:
+        store = open_store(server.dsn())
+        async with responder(load(PAGE_RULE), store, run_worker=False) as client:
+            assert (await post(client, body(alert("before")))).status == 200
+            server.stop("immediate")
+            failed = await post(client, body(alert("during")))
+            assert failed.status == 503
+            assert "could not be recorded" in (await failed.json())["error"]
+            assert (await client.get("/health/ready")).status == 503
+            assert (await client.get("/incidents", headers=AUTH)).status == 503
+            metrics = await (await client.get("/metrics")).text()
+            assert 'runbook_responder_store_errors_total{operation="intake"} 1.0' in metrics
+            assert 'status="firing"} 1.0' in metrics
+            server.start()
+            again = await post(client, body(alert("during")))
+            assert again.status == 200, await again.text()
+            listed = await (await client.get("/incidents", headers=AUTH)).json()
+            assert len(listed["incidents"]) == 2
+    finally:
+        server.stop("immediate")
+        shutil.rmtree(server.dir, ignore_errors=True)
+
+
+async def test_unwritable_sqlite_fails_to_open(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    store = open_store(None, blocker / "data")
+    with pytest.raises(StoreError, match="cannot open SQLite store"):
+        await store.open()
