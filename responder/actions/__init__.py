@@ -23,13 +23,14 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
 from responder.actions import bullmq, celery, exec, files, http, notify, postgres, redis, rq
 from responder.actions.base import ActionContext, ActionFn, Outcome, Status, truncate
 from responder.actions.labels import LabelError
-from runbook.actions import ACTIONS, ExecParams
+from runbook.actions import ACTIONS, CeleryPoolParams, ExecParams
 from runbook.model_base import Strict
 
 DEFAULT_TIMEOUT = 60.0
 # exec kills its process group at its own timeout; this outer bound only backs it up.
 _EXEC_GRACE = 5.0
 _PG_GRACE = 15.0
+_CELERY_GRACE = 10.0
 
 
 def _check(name: str, fn: ActionFn) -> None:
@@ -92,6 +93,9 @@ def timeout_of(params: Strict) -> float:
     """How long run_action lets one action run."""
     if isinstance(params, ExecParams):
         return params.timeout + _EXEC_GRACE
+    if isinstance(params, CeleryPoolParams):
+        # Its timeout is the window for collecting worker replies; connecting comes on top.
+        return params.timeout + _CELERY_GRACE
     value = getattr(params, "timeout", None)
     if isinstance(value, float | int):
         return float(value)

@@ -21,8 +21,10 @@ def _app(broker: str) -> Any:
 def _pool(broker: str, grow: bool, params: CeleryPoolParams) -> list[dict[str, Any]]:
     with _app(broker) as app:
         call = app.control.pool_grow if grow else app.control.pool_shrink
+        # With named workers, stop waiting once each has answered.
         replies: list[dict[str, Any]] = call(
-            params.n, destination=params.destination or None, reply=True, timeout=params.timeout
+            params.n, destination=params.destination or None, reply=True,
+            timeout=params.timeout, limit=len(params.destination) or None,
         ) or []
         return replies
 
