@@ -1,4 +1,4 @@
-"""Scrape cost of the runbook exporter against the usual exporters, on the same Redis and PostgreSQL.
+"""Scrape cost of the runbook exporter against the usual exporters on the same Redis and PG.
 
     .venv/bin/python -m bench.bench_exporter            # 10/100/1,000 queues, up to 1,000,000 jobs
     .venv/bin/python -m bench.bench_exporter --quick    # a small run
@@ -32,8 +32,14 @@ from pathlib import Path
 
 import redis as redis_sync
 
-from tests.servers import PostgresServer, RedisServer, free_port, start_postgres, start_redis, \
-    wait_for_port
+from tests.servers import (
+    PostgresServer,
+    RedisServer,
+    free_port,
+    start_postgres,
+    start_redis,
+    wait_for_port,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 NODE_DIR = ROOT / "tests" / "node"
