@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import sys
 import typing
 from collections.abc import AsyncIterator
 
@@ -13,7 +16,7 @@ from prometheus_client import CollectorRegistry
 from responder.actions import ACTION_IMPLS, ActionMetrics, build_table, run_action, timeout_of
 from responder.actions.base import ActionContext, Outcome, Status
 from runbook.actions import ACTIONS, ExecParams, HttpParams, PageParams, PgTableParams, QueueRef
-from tests.actions_support import context
+from tests.actions_support import book, context
 
 
 @pytest.fixture
@@ -109,3 +112,23 @@ async def test_one_failure_never_blocks_another(session: aiohttp.ClientSession) 
         for a in ("exec", "bullmq_pause") for s in ("ok", "failed", "timeout")
     )
     assert total == 4
+
+
+async def test_secrets_are_scrubbed_from_outcomes(session: aiohttp.ClientSession) -> None:
+    runbook = book("""
+    service: shop
+    watch:
+      postgres:
+        - {name: main, dsn_env: DATABASE_URL}
+    """)
+    env = {"PATH": os.environ["PATH"], "DATABASE_URL": "postgresql://app:hunter22@db:5432/shop"}
+    ctx = context(session, runbook, env=env)
+    result = await run_action("exec", ExecParams(argv=["env"], env=["DATABASE_URL"]), ctx)
+    assert result.status is Status.OK
+    assert "DATABASE_URL=<secret>" in result.output
+    assert "hunter22" not in json.dumps(result.as_json())
+    # A password alone (an error message quoting it) is scrubbed too.
+    script = "import os, sys; sys.exit('auth failed for password hunter22')"
+    failed = await run_action("exec", ExecParams(argv=[sys.executable, "-c", script]), ctx)
+    assert "hunter22" not in failed.output
+    assert "<secret>" in failed.output

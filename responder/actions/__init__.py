@@ -72,6 +72,13 @@ ACTION_IMPLS: dict[str, ActionFn] = build_table(
 """Action name -> implementation; its keys are exactly runbook.actions.ACTIONS' keys."""
 
 
+IDEMPOTENT: frozenset[str] = frozenset({
+    "redis_delete_pattern", "bullmq_retry_failed", "rq_requeue_failed", "rq_clean_registries",
+    "pg_reindex",
+})
+"""Actions safe to run again after a crash mid-run (added to the responder's own list)."""
+
+
 class ActionMetrics:
     """Runs by action and status, and durations, on the registry given."""
 
@@ -175,4 +182,5 @@ async def run_action(
     return result
 
 
-__all__ = ["ACTION_IMPLS", "ActionMetrics", "default_metrics", "run_action", "timeout_of"]
+__all__ = ["ACTION_IMPLS", "IDEMPOTENT", "ActionMetrics", "default_metrics", "run_action",
+           "timeout_of"]
