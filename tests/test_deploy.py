@@ -28,6 +28,7 @@ from kubernetes_validate.utils import ValidationError as K8sValidationError
 from runbook.cli import COMMANDS, build_parser
 from runbook.loader import load_runbook
 from tests.servers import find_tool, free_port
+from tests.stack import stack
 
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"
@@ -286,6 +287,24 @@ def test_dockerfile_healthcheck_passes_on_200_and_fails_otherwise() -> None:
     assert check(f"http://127.0.0.1:{free_port()}/health") != 0
 
 
+@pytest.mark.parametrize("name", ["exporter", "responder"])
+def test_dockerfile_healthcheck_against_the_real_service(name: str, tmp_path: Path) -> None:
+    """The image's health check command, run as is, against the real exporter and responder."""
+    argv, _ = healthcheck_argv()
+    port = free_port()
+    args = [name, "--listen", f"127.0.0.1:{port}"]
+    env = {}
+    if name == "responder":
+        args += ["--runbook", str(COMPOSE_RUNBOOK), "--data-dir", str(tmp_path)]
+        env["RUNBOOK_WEBHOOK_TOKEN"] = "t" * 32
+    url = f"http://127.0.0.1:{port}/health"
+    with stack() as running:
+        running.runbook(name, args, url, env=env)
+        done = subprocess.run([sys.executable, *argv[1:]], env={"RUNBOOK_HEALTH_URL": url},
+                              capture_output=True, timeout=20, check=False)
+        assert done.returncode == 0, done.stderr
+
+
 def test_dockerignore_keeps_local_state_out() -> None:
     patterns = dockerignore_patterns()
     for path in (".venv/bin/python", ".git/HEAD", "tests/test_deploy.py", "deploy/.env",
@@ -343,9 +362,30 @@ def test_compose_services_images_ports_and_mounts() -> None:
             assert source.exists(), f"{name}: bind mount {source} -> {target} does not exist"
     for name in ("redis", "postgres"):
         assert "ports" not in services[name], f"{name} stays inside the compose network"
+    env_example = (DEPLOY / ".env.example").read_text(encoding="utf-8")
     for secret in compose()["secrets"].values():
-        example = DEPLOY / (secret["file"] + ".example")
-        assert example.exists(), f"{example} shows the shape of the secret file"
+        if "file" in secret:
+            example = DEPLOY / (secret["file"] + ".example")
+            assert example.exists(), f"{example} shows the shape of the secret file"
+        else:
+            assert re.search(rf"^{secret['environment']}=", env_example, re.M), (
+                f"deploy/.env.example lists {secret['environment']}"
+            )
+
+
+# The services that share the `loop` network namespace and the port each listens on there.
+LOOP_PORTS = {"exporter": PORTS["exporter"], "responder": PORTS["responder"], "prometheus": 9090,
+              "alertmanager": 9093, "grafana": 3000}
+
+
+def test_compose_loop_shares_one_network_namespace() -> None:
+    """Like a pod: the rendered configs' 127.0.0.1 addresses reach the right service."""
+    services = compose()["services"]
+    published = {p.rsplit(":", 1)[1] for p in services["loop"]["ports"]}
+    for name, port in LOOP_PORTS.items():
+        assert services[name]["network_mode"] == "service:loop", name
+        assert "ports" not in services[name], f"{name}: publish on the namespace's owner"
+        assert str(port) in published, f"{name}'s port {port} is not published"
 
 
 @pytest.mark.parametrize("name", ["exporter", "responder"])
@@ -358,7 +398,6 @@ def test_compose_runbook_services_are_wired_to_the_example(name: str) -> None:
     listen = command[command.index("--listen") + 1]
     assert listen == f"0.0.0.0:{PORTS[name]}"
     assert service["environment"]["RUNBOOK_HEALTH_URL"] == f"http://127.0.0.1:{PORTS[name]}/health"
-    assert f"127.0.0.1:{PORTS[name]}:{PORTS[name]}" in service["ports"]
     assert service["read_only"] is True
     assert service["cap_drop"] == ["ALL"]
     watched, every = runbook_env_names(COMPOSE_RUNBOOK)
@@ -386,7 +425,7 @@ def test_compose_prometheus_alertmanager_and_grafana_mounts() -> None:
     services = compose()["services"]
     prometheus = volume_binds(services["prometheus"])
     assert prometheus["/etc/prometheus/prometheus.yml"] == DEPLOY / "prometheus.yml"
-    assert prometheus["/etc/prometheus/alert_rules"] == REPO / "alert_rules"
+    assert REPO / "alert_rules" in prometheus.values()
     alertmanager = volume_binds(services["alertmanager"])
     assert alertmanager["/etc/alertmanager/alertmanager.yml"] == DEPLOY / "alertmanager.yml"
     grafana = volume_binds(services["grafana"])
@@ -395,7 +434,7 @@ def test_compose_prometheus_alertmanager_and_grafana_mounts() -> None:
     (datasource,) = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())[
         "datasources"]
     assert datasource["type"] == "prometheus"
-    assert datasource["url"] == "http://prometheus:9090"
+    assert datasource["url"] == f"http://127.0.0.1:{LOOP_PORTS['prometheus']}"
     (provider,) = yaml.safe_load((provisioning / "dashboards" / "runbook.yml").read_text())[
         "providers"]
     assert provider["type"] == "file"
@@ -420,64 +459,85 @@ def dashboard_datasource_uids(node: Any) -> set[str]:
 
 
 def test_rendered_dashboards_use_the_provisioned_datasource() -> None:
-    provisioned = yaml.safe_load(
+    (provisioned,) = yaml.safe_load(
         (DEPLOY / "grafana" / "provisioning" / "datasources" / "prometheus.yml").read_text()
-    )["datasources"][0]["uid"]
+    )["datasources"]
     dashboards = sorted((REPO / "grafana").glob("*.json"))
     assert any(d.stem == "cinder-js" for d in dashboards), "grafana/cinder-js.json is rendered"
     for path in dashboards:
         dashboard = json.loads(path.read_text(encoding="utf-8"))
+        # A datasource variable picks the default datasource of its type: the provisioned one.
         variables = {v["name"] for v in dashboard.get("templating", {}).get("list", [])
-                     if v.get("type") == "datasource"}
+                     if v.get("type") == "datasource" and v.get("query") == provisioned["type"]}
         for uid in dashboard_datasource_uids(dashboard):
-            ok = uid == provisioned or uid.strip("${}") in variables or uid.startswith("-- ")
-            assert ok, f"{path.name}: datasource {uid!r} is not the provisioned {provisioned!r}"
+            ok = uid == provisioned["uid"] or uid.strip("${}") in variables or uid.startswith("-- ")
+            assert ok, f"{path.name}: datasource {uid!r} is not the provisioned one"
+    assert provisioned["isDefault"] is True
 
 
 # ------------------------------------------------------------------------ Prometheus, Alertmanager
 
 
+def container_tree(service: str, root: Path) -> None:
+    """Copy a compose service's bind mounts under `root` at their paths in the container."""
+    for target, source in volume_binds(compose()["services"][service]).items():
+        dest = root / target.lstrip("/")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if source.is_dir():
+            shutil.copytree(source, dest)
+        else:
+            shutil.copyfile(source, dest)
+
+
 def test_promtool_checks_the_provisioned_prometheus_config(tmp_path: Path) -> None:
     """promtool sees the files where the compose file puts them inside the container."""
-    root = tmp_path / "etc" / "prometheus"
-    root.mkdir(parents=True)
-    shutil.copytree(REPO / "alert_rules", root / "alert_rules")
-    config = yaml.safe_load((DEPLOY / "prometheus.yml").read_text(encoding="utf-8"))
-    # Absolute paths name the container's tree; re-root them under the copy.
-    config["rule_files"] = [
-        str(tmp_path) + f if f.startswith("/") else f for f in config.get("rule_files", [])
-    ]
+    container_tree("prometheus", tmp_path)
+    config_path = tmp_path / "etc" / "prometheus" / "prometheus.yml"
+    config = yaml.safe_load(config_path.read_text(encoding="utf-8"))
     assert config["rule_files"], "prometheus.yml loads the rendered rules"
-    (root / "prometheus.yml").write_text(yaml.safe_dump(config))
-    done = run_tool([find_tool("promtool"), "check", "config", str(root / "prometheus.yml")])
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert "SUCCESS" in done.stdout + done.stderr
-    rule_count = len(list(root.glob("alert_rules/*.rules.yml")))
-    assert rule_count
-    assert (done.stdout + done.stderr).count("rules found") >= rule_count
+    for pattern in config["rule_files"]:
+        # Absolute paths name the container's tree: re-root them under the copy.
+        where = tmp_path / pattern.lstrip("/") if pattern.startswith("/") else (
+            config_path.parent / pattern)
+        assert list(where.parent.glob(where.name)), f"{pattern} matches no file in the container"
+    config["rule_files"] = [str(tmp_path) + f if f.startswith("/") else f
+                            for f in config["rule_files"]]
+    config_path.write_text(yaml.safe_dump(config))
+    done = run_tool([find_tool("promtool"), "check", "config", str(config_path)])
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output
+    assert "SUCCESS" in output
+    assert output.count("rules found") == len(list((REPO / "alert_rules").glob("*.rules.yml")))
 
 
-def test_prometheus_config_scrapes_the_compose_services() -> None:
+def test_prometheus_config_reaches_the_compose_services() -> None:
     config = yaml.safe_load((DEPLOY / "prometheus.yml").read_text(encoding="utf-8"))
     targets = {t for job in config["scrape_configs"] for sc in job.get("static_configs", [])
                for t in sc["targets"]}
-    assert {f"exporter:{PORTS['exporter']}", f"responder:{PORTS['responder']}"} <= targets
+    for name in ("exporter", "responder"):
+        assert f"127.0.0.1:{LOOP_PORTS[name]}" in targets, f"Prometheus does not scrape {name}"
     alerting = {t for am in config["alerting"]["alertmanagers"]
                 for sc in am.get("static_configs", []) for t in sc["targets"]}
-    assert "alertmanager:9093" in alerting
+    assert alerting == {f"127.0.0.1:{LOOP_PORTS['alertmanager']}"}
 
 
 def test_amtool_checks_the_provisioned_alertmanager_config() -> None:
     done = run_tool([find_tool("amtool"), "check-config", str(DEPLOY / "alertmanager.yml")])
     assert done.returncode == 0, done.stdout + done.stderr
-    config = yaml.safe_load((DEPLOY / "alertmanager.yml").read_text(encoding="utf-8"))
+    text = (DEPLOY / "alertmanager.yml").read_text(encoding="utf-8")
+    config = yaml.safe_load(text)
     webhooks = [w for r in config["receivers"] for w in r.get("webhook_configs", [])]
     assert webhooks, "alertmanager.yml sends to the responder"
     for hook in webhooks:
-        assert hook["url"].startswith(f"http://responder:{PORTS['responder']}/")
+        assert hook["url"].startswith(f"http://127.0.0.1:{LOOP_PORTS['responder']}/")
         assert hook["http_config"]["authorization"]["credentials_file"] == (
             "/run/secrets/webhook_token"
         )
+    # Every secret file the config reads is a compose secret of the Alertmanager service.
+    attached = set(compose()["services"]["alertmanager"]["secrets"])
+    for name in re.findall(r"_file: /run/secrets/(\S+)", text):
+        assert name in attached, f"alertmanager.yml reads /run/secrets/{name}: not attached"
+        assert name in compose()["secrets"]
 
 
 # ------------------------------------------------------------------------ Kubernetes
@@ -586,7 +646,8 @@ def test_kustomization_lists_the_manifests_in_one_namespace() -> None:
             assert path.name in listed, f"{path.name} is not in the kustomization"
         if path.name in listed:
             for doc in yaml_docs(path):
-                assert doc["metadata"].get("namespace") == NAMESPACE, path.name
+                # Rendered PrometheusRules leave the namespace to kustomize.
+                assert doc["metadata"].get("namespace", NAMESPACE) == NAMESPACE, path.name
     (image,) = kustomization["images"]
     assert image["newTag"] == project_version()
 
