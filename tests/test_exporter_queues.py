@@ -66,17 +66,21 @@ async def read_only_scrape(url: str, collector: QueuesCollector) -> tuple[list[A
     return families, seen
 
 
-async def test_bullmq_states_paused_oldest_and_reads_only(redis_url: str) -> None:
+@pytest.mark.parametrize("use_script", [True, False], ids=["script", "pipelined"])
+async def test_bullmq_states_paused_oldest_and_reads_only(redis_url: str,
+                                                          use_script: bool) -> None:
     spec = {"url": redis_url, "queues": [
         {"name": "mail", "wait": 3, "prioritized": 2, "delayed": 4, "completed": 2, "failed": 1,
          "active": 1, "waitingChildren": 2},
         {"name": "reports", "wait": 5, "paused": True}]}
     await asyncio.to_thread(node, "exporter_bullmq.mjs", json.dumps(spec))
     client = Redis.from_url(redis_url)
-    c = QueuesCollector("cache", 2.0, client=client, bullmq=["mail", "reports", "absent"])
+    c = QueuesCollector("cache", 2.0, client=client, bullmq=["mail", "reports", "absent"],
+                        use_script=use_script)
     await asyncio.sleep(1.1)  # so the oldest job is at least a second old
     _, commands = await asyncio.to_thread(
-        lambda: asyncio.run(_scrape_in_new_loop(redis_url, ["mail", "reports", "absent"])))
+        lambda: asyncio.run(_scrape_in_new_loop(redis_url, ["mail", "reports", "absent"],
+                                                use_script)))
     assert commands, "MONITOR saw nothing"
     writes = Watcher(redis_url).write_commands(commands)
     assert writes == [], writes
@@ -108,11 +112,13 @@ async def test_bullmq_states_paused_oldest_and_reads_only(redis_url: str) -> Non
     await client.aclose()
 
 
-async def _scrape_in_new_loop(url: str, queues: list[str]) -> tuple[list[Any], list[str]]:
+async def _scrape_in_new_loop(url: str, queues: list[str],
+                              use_script: bool) -> tuple[list[Any], list[str]]:
     client = Redis.from_url(url)
     try:
         return await read_only_scrape(url, QueuesCollector("cache", 2.0, client=client,
-                                                           bullmq=queues, discover=True))
+                                                           bullmq=queues, discover=True,
+                                                           use_script=use_script))
     finally:
         await client.aclose()
 
@@ -145,6 +151,8 @@ async def test_bullmq_discovery_and_workers(redis_url: str) -> None:
 
 def _celery_fill(url: str) -> None:
     from celery import Celery
+    from kombu import Exchange
+    from kombu import Queue as KombuQueue
 
     app = Celery("exporter_test", broker=url)
     for _ in range(3):
@@ -153,14 +161,21 @@ def _celery_fill(url: str) -> None:
         app.send_task("tasks.urgent", queue="emails", priority=priority)
     app.send_task("tasks.other", queue="celery")
     with app.connection_for_write() as conn:
+        # A worker declares its queues when it starts (kombu caches declarations per process,
+        # so declare here rather than rely on send_task having done it in this process).
+        for name in ("emails", "celery"):
+            KombuQueue(name, Exchange(name), routing_key=name).bind(conn.default_channel).declare()
         conn.default_channel.client.hset("unacked", "tag-1", "{}")
     app.close()
 
 
-async def test_celery_queue_with_priority_lists_and_discovery(redis_url: str) -> None:
+@pytest.mark.parametrize("use_script", [True, False], ids=["script", "pipelined"])
+async def test_celery_queue_with_priority_lists_and_discovery(redis_url: str,
+                                                              use_script: bool) -> None:
     await asyncio.to_thread(_celery_fill, redis_url)
     client = Redis.from_url(redis_url)
-    c = QueuesCollector("broker", 2.0, client=client, celery=["emails"], discover=True)
+    c = QueuesCollector("broker", 2.0, client=client, celery=["emails"], discover=True,
+                        use_script=use_script)
     found = {f.name: f for f in await c.collect()}
     depth = {s.labels["queue"]: s.value for s in found["runbook_queue_depth"].samples}
     # 3 + priority 0 in the plain list, 5 and 5 in \x06\x163, 9 in \x06\x169.
@@ -203,6 +218,30 @@ async def test_rq_registries_workers_oldest(redis_url: str) -> None:
     assert value(found, "runbook_queue_workers", **labels) == 1
     assert value(found, "runbook_queue_paused", **labels) == 0
     assert value(found, "runbook_queue_oldest_job_age_seconds", **labels) >= 0
+
+
+async def test_rq_pipelined_reads_the_same(redis_url: str) -> None:
+    _rq_fill(redis_url)  # RQ workers install signal handlers: main thread only
+    client = Redis.from_url(redis_url)
+    by_script = await QueuesCollector("jobs", 2.0, client=client, rq=["default"]).read()
+    piped = await QueuesCollector("jobs", 2.0, client=client, rq=["default"],
+                                  use_script=False).read()
+    for reading in (*by_script, *piped):
+        reading.oldest_age = round(reading.oldest_age or 0.0)
+        reading.oldest_job = None  # only the pipelined path keeps the id between round trips
+    assert by_script == piped
+    assert by_script[0].jobs["failed"] == 1
+    await client.aclose()
+
+
+async def test_many_queues_span_several_script_calls(redis_url: str) -> None:
+    client = Redis.from_url(redis_url)
+    for i in range(7):
+        await client.rpush(f"rq:queue:q{i}", *[f"id{j}" for j in range(i)])
+    c = QueuesCollector("jobs", 2.0, client=client, rq=[f"q{i}" for i in range(7)], chunk=3)
+    depths = {r.queue: r.depth for r in await c.read()}
+    assert depths == {f"q{i}": float(i) for i in range(7)}
+    await client.aclose()
 
 
 async def test_rq_discovery_through_rq_queues(redis_url: str) -> None:

@@ -10,8 +10,10 @@ from typing import Any
 
 from prometheus_client.core import Metric
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
 from exporter.collectors.base import Collector, gauge
+from exporter.collectors.queue_script import BULLMQ_COLUMNS, RQ_COLUMNS, SCRIPT, decode, script_args
 
 # BullMQ lists (LLEN) and sorted sets (ZCARD) per queue; wait+paused+prioritized are waiting.
 BULLMQ_LISTS = ("wait", "paused", "active")
@@ -51,7 +53,8 @@ class QueuesCollector(Collector):
                  bullmq: Sequence[str] = (), bullmq_prefix: str = "bull",
                  celery: Sequence[str] = (), rq: Sequence[str] = (), discover: bool = False,
                  discover_interval: float = 60.0, scan_count: int = 1000,
-                 scan_max_calls: int = 100) -> None:
+                 scan_max_calls: int = 100, use_script: bool = True,
+                 chunk: int = 200) -> None:
         super().__init__(target, timeout)
         self.client = client
         self.prefix = bullmq_prefix
@@ -63,6 +66,8 @@ class QueuesCollector(Collector):
         self.discovered: dict[str, list[str]] = {"bullmq": [], "celery": [], "rq": []}
         self._discovered_at: float | None = None
         self.unacked: float | None = None
+        self.use_script = use_script
+        self.chunk = chunk
 
     def queues(self, kind: str) -> list[str]:
         """Configured queues of this kind, then discovered ones, each once."""
@@ -113,7 +118,68 @@ class QueuesCollector(Collector):
     # ------------------------------------------------------------ reading
 
     async def read(self) -> list[QueueReading]:
-        """Every queue's numbers in one pipelined round trip (plus one for oldest jobs)."""
+        """Every queue's numbers: one read-only script call per chunk of queues (Redis 7+),
+        else pipelined commands on older servers."""
+        if self.use_script:
+            try:
+                return await self._read_by_script()
+            except ResponseError as exc:
+                if "unknown command" not in str(exc).lower() and "flags" not in str(exc):
+                    raise
+                self.use_script = False  # Redis before 7: no EVAL_RO or script flags
+        return await self._read_pipelined()
+
+    async def _read_by_script(self) -> list[QueueReading]:
+        bullmq, celery, rq = self.queues("bullmq"), self.queues("celery"), self.queues("rq")
+        if not (bullmq or celery or rq):
+            return []
+        pipe = self.client.pipeline(transaction=False)
+        step = self.chunk
+        chunks = []
+        for start in range(0, max(len(bullmq), len(celery), len(rq)), step):
+            part = (bullmq[start:start + step], celery[start:start + step],
+                    rq[start:start + step])
+            chunks.append(part)
+            args = script_args(self.prefix, *part)
+            pipe.execute_command("EVAL_RO", SCRIPT, 0, *args)
+        if bullmq:
+            pipe.client_list()
+        replies = await pipe.execute()
+        now = time.time()
+        readings: list[QueueReading] = []
+        suspended = False
+        unacked = 0.0
+        for (b_names, c_names, r_names), reply in zip(chunks, replies, strict=False):
+            data = decode(reply)
+            suspended = bool(data["suspended"])
+            unacked = float(data["unacked"])
+            for name, row in zip(b_names, data["b"], strict=True):
+                r = QueueReading("bullmq", name)
+                r.jobs = {state: float(v) for state, v in zip(BULLMQ_COLUMNS, row, strict=False)}
+                r.paused = float(row[8])
+                r.oldest_age = _age("bullmq", row[9] or None, now)
+                readings.append(r)
+            for name, depth in zip(c_names, data["c"], strict=True):
+                readings.append(QueueReading("celery", name, depth=float(depth),
+                                             jobs={"waiting": float(depth)}))
+            for name, row in zip(r_names, data["r"], strict=True):
+                r = QueueReading("rq", name)
+                r.jobs = {state: float(v) for state, v in zip(RQ_COLUMNS, row, strict=False)}
+                r.workers = float(row[7])
+                r.oldest_age = _age("rq", row[8] or None, now)
+                readings.append(r)
+        by_queue = _bullmq_workers(replies[-1], self.prefix) if bullmq else {}
+        for r in readings:
+            if r.kind == "bullmq":
+                r.depth = sum(r.jobs[s] for s in BULLMQ_WAITING)
+                r.workers = float(by_queue.get(r.queue, 0))
+            elif r.kind == "rq":
+                r.depth = r.jobs["queued"]
+                r.paused = 1.0 if suspended else 0.0
+        self.unacked = unacked if celery else None
+        return readings
+
+    async def _read_pipelined(self) -> list[QueueReading]:
         pipe = self.client.pipeline(transaction=False)
         plan: list[tuple[QueueReading, str]] = []
         bullmq, celery, rq = self.queues("bullmq"), self.queues("celery"), self.queues("rq")
