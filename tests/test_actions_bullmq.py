@@ -17,7 +17,7 @@ from responder.actions import run_action
 from responder.actions.base import ActionContext, Status
 from runbook.actions import BullmqCleanParams, BullmqRemoveJobParams, BullmqRetryParams, QueueRef
 from tests.actions_support import book, context
-from tests.servers import find_tool
+from tests.servers import find_tool, free_port
 
 NODE_DIR = Path(__file__).parent / "node"
 PREFIX = "rbap"
@@ -145,3 +145,11 @@ async def test_dry_run_changes_nothing(session: aiohttp.ClientSession, redis_url
     result = await run_action("bullmq_pause", QueueRef(redis="jobs", queue="scrape"), ctx)
     assert result.status is Status.DRY_RUN
     assert node(redis_url, "read")["paused"] is False
+
+
+async def test_dead_redis_fails_fast(session: aiohttp.ClientSession) -> None:
+    ctx = _ctx(session, f"redis://127.0.0.1:{free_port()}/0")
+    result = await run_action("bullmq_pause", QueueRef(redis="jobs", queue="scrape"), ctx)
+    assert result.status is Status.FAILED
+    assert "ConnectionError" in result.output
+    assert result.duration_seconds < 5

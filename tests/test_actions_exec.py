@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -12,11 +13,15 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
 from responder.actions import ActionMetrics, run_action
 from responder.actions.base import OUTPUT_LIMIT, Status
-from runbook.actions import ExecParams
+from responder.actions.exec import build_argv
+from responder.actions.labels import LabelError
+from runbook.actions import DEFAULT_LABEL_PATTERN, ExecParams
 from tests.actions_support import context
 
 PY = sys.executable
@@ -201,3 +206,43 @@ async def test_counter_counts_each_status(session: aiohttp.ClientSession) -> Non
     assert registry.get_sample_value(
         "runbook_action_duration_seconds_count", {"action": "exec"}
     ) == 3
+
+
+async def test_cancelling_the_run_kills_the_group(
+    session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    pidfile = tmp_path / "pid"
+    script = f"import os, time; open({str(pidfile)!r}, 'w').write(str(os.getpid())); time.sleep(60)"
+    task = asyncio.ensure_future(
+        run_action("exec", ExecParams(argv=[PY, "-c", script]), context(session)))
+    for _ in range(100):
+        if pidfile.exists() and pidfile.read_text():
+            break
+        await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    pid = int(pidfile.read_text())
+    for _ in range(100):
+        if _gone(pid):
+            break
+        await asyncio.sleep(0.05)
+    assert _gone(pid)
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=st.text(max_size=300), prefix=st.text(alphabet="abc/=-", max_size=5))
+def test_any_value_is_refused_or_fills_exactly_one_argument(value: str, prefix: str) -> None:
+    ctx = context(None, labels={"v": value})  # type: ignore[arg-type]
+    params = ExecParams(argv=["prog", prefix + "{{ labels.v }}", "--fixed"])
+    refused = ""
+    try:
+        argv = build_argv(ctx, params)
+    except LabelError as exc:
+        refused = exc.label
+    if refused:
+        assert refused == "v"
+        return
+    assert argv == ["prog", prefix + value, "--fixed"]
+    assert re.fullmatch(DEFAULT_LABEL_PATTERN, value)
+    assert not set(value) & set(";$`|&<>()\n\x00/ ")

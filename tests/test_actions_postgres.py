@@ -223,6 +223,8 @@ async def test_dry_run_ends_nothing(
         result = await run_action("pg_terminate_long_queries", params,
                                   _ctx(session, postgres_dsn, dry_run=True))
         assert result.status is Status.DRY_RUN
+        assert result.detail["ended"] == [pid]
+        assert f"would pg_terminate_backend({pid})" in result.output
         assert not task.done()
     finally:
         conn.terminate()

@@ -76,9 +76,6 @@ async def _end_sessions(
     lock_timeout: float,
 ) -> Outcome:
     sql = _SESSIONS.format(since=since, own=OWN_PREFIX)
-    if ctx.dry_run:
-        return outcome(name, Status.DRY_RUN, f"would {function} sessions {states} over {older:g}s",
-                       target=target)
     ended: list[dict[str, Any]] = []
     failed: list[dict[str, Any]] = []
     async with connect(ctx, target, statement_timeout, lock_timeout) as conn:
@@ -86,16 +83,20 @@ async def _end_sessions(
         for row in rows:
             session = {"pid": row["pid"], "user": row["usename"], "database": row["datname"],
                        "seconds": round(row["seconds"], 1), "query": row["query"]}
+            if ctx.dry_run:
+                ended.append(session)
+                continue
             try:
                 done = await conn.fetchval(f"SELECT {function}($1)", row["pid"])
             except asyncpg.PostgresError as exc:
                 failed.append({**session, "error": str(exc)})
                 continue
             (ended if done else failed).append(session)
-    lines = [f"{function}({s['pid']}) {s['user']}@{s['database']} {s['seconds']}s: {s['query']}"
+    verb = f"would {function}" if ctx.dry_run else function
+    lines = [f"{verb}({s['pid']}) {s['user']}@{s['database']} {s['seconds']}s: {s['query']}"
              for s in ended]
     lines += [f"FAILED {function}({s['pid']}): {s.get('error', 'no such backend')}" for s in failed]
-    status = Status.FAILED if failed else Status.OK
+    status = Status.DRY_RUN if ctx.dry_run else Status.FAILED if failed else Status.OK
     text = "\n".join(lines) or f"no session {states} older than {older:g}s"
     return outcome(name, status, text, ended=[s["pid"] for s in ended],
                    failed=[s["pid"] for s in failed])
