@@ -75,8 +75,7 @@ async def test_pause_and_resume(session: aiohttp.ClientSession, redis_url: str) 
 
 
 async def test_retry_failed_up_to_limit(session: aiohttp.ClientSession, redis_url: str) -> None:
-    node(redis_url, "add", n=5)
-    failed = node(redis_url, "finish", completed=1, failed=4)["ids"][1:]
+    failed = node(redis_url, "add", n=5, completed=1, failed=4)["finished"][1:]
     assert node(redis_url, "read")["counts"]["failed"] == 4
     ctx = _ctx(session, redis_url)
     params = BullmqRetryParams(redis="jobs", queue="scrape", limit=3)
@@ -93,11 +92,9 @@ async def test_retry_failed_up_to_limit(session: aiohttp.ClientSession, redis_ur
 
 
 async def test_clean_only_older_jobs(session: aiohttp.ClientSession, redis_url: str) -> None:
-    node(redis_url, "add", n=2)
-    old = node(redis_url, "finish", completed=2)["ids"]
+    old = node(redis_url, "add", n=2, completed=2)["finished"]
     await asyncio.sleep(1.2)
-    node(redis_url, "add", n=2)
-    new = node(redis_url, "finish", completed=2)["ids"]
+    new = node(redis_url, "add", n=2, completed=2)["finished"]
     ctx = _ctx(session, redis_url)
     params = BullmqCleanParams(redis="jobs", queue="scrape", state="completed", older_than="1s")
     result = await run_action("bullmq_clean", params, ctx)
@@ -120,8 +117,7 @@ async def test_remove_one_job(session: aiohttp.ClientSession, redis_url: str) ->
 
 
 async def test_active_job_is_not_removed(session: aiohttp.ClientSession, redis_url: str) -> None:
-    node(redis_url, "add", n=1)
-    [active] = node(redis_url, "finish", active=1)["ids"]
+    [active] = node(redis_url, "add", n=1, active=1)["finished"]
     ctx = _ctx(session, redis_url)
     params = BullmqRemoveJobParams(redis="jobs", queue="scrape", job_id=active)
     result = await run_action("bullmq_remove_job", params, ctx)

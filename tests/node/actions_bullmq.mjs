@@ -1,6 +1,7 @@
 // Fill and read BullMQ queues as a BullMQ application does, for the action tests.
 // Usage: node actions_bullmq.mjs '<json command>' ; prints one JSON line.
-//   {op: "add", url, prefix?, queue, n, data?}            -> {ids}
+//   {op: "add", url, prefix?, queue, n, data?, completed?, failed?, active?} -> {ids, finished}
+//      adds n waiting jobs, then (like "finish") moves some of them on
 //   {op: "finish", url, prefix?, queue, completed?, failed?, active?} -> {ids}
 //      takes waiting jobs with a manual Worker and completes/fails them (active: keeps the lock)
 //   {op: "read", url, prefix?, queue}                     -> {counts, paused, failed, waiting, completed}
@@ -13,10 +14,7 @@ const prefix = cmd.prefix ?? "bull";
 const queue = new Queue(cmd.queue, { connection, prefix });
 let out;
 
-if (cmd.op === "add") {
-  const jobs = Array.from({ length: cmd.n }, (_, i) => ({ name: "scrape", data: { i, ...(cmd.data ?? {}) } }));
-  out = { ids: (await queue.addBulk(jobs)).map((j) => j.id) };
-} else if (cmd.op === "finish") {
+async function finish() {
   const worker = new Worker(cmd.queue, null, { connection, prefix, autorun: false });
   const token = "actions-test";
   const ids = [];
@@ -29,7 +27,15 @@ if (cmd.op === "add") {
     else if (step === "failed") await job.moveToFailed(new Error("boom"), token, false);
   }
   await worker.close();
-  out = { ids };
+  return ids;
+}
+
+if (cmd.op === "add") {
+  const jobs = Array.from({ length: cmd.n }, (_, i) => ({ name: "scrape", data: { i, ...(cmd.data ?? {}) } }));
+  out = { ids: (await queue.addBulk(jobs)).map((j) => j.id) };
+  out.finished = await finish();
+} else if (cmd.op === "finish") {
+  out = { ids: await finish() };
 } else if (cmd.op === "read") {
   out = {
     counts: await queue.getJobCounts("wait", "paused", "active", "delayed", "prioritized", "completed", "failed"),
