@@ -51,6 +51,8 @@ class Settings:
     run_worker: bool = True
     hooks: Hooks | None = None
     redis_url: str | None = None
+    grace: float = 10.0
+    """Seconds running actions get to finish at shutdown before they are cut short."""
 
 
 STORE = web.AppKey("store", Store)
@@ -300,6 +302,9 @@ async def _worker_ctx(app: web.Application) -> AsyncIterator[None]:
         app[WAKEUP] = Wakeup(settings.redis_url, worker.wake)
         tasks.append(asyncio.create_task(app[WAKEUP].listen(), name="responder-wakeup"))
     yield
+    if not await worker.drain(settings.grace):
+        log.warning("work still running after %ss: cancelled; it is escalated or resumed at the "
+                    "next start", settings.grace)
     for task in tasks:
         task.cancel()
     for task in tasks:

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import functools
 import importlib
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -99,6 +100,10 @@ class Worker:
         self.config = config
         self.hooks = hooks or Hooks.discover()
         self._wake = asyncio.Event()
+        self._stopping = False
+        self._busy = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
 
     def wake(self) -> None:
         """New work was queued: look now instead of at the next poll."""
@@ -119,6 +124,9 @@ class Worker:
             group.create_task(self._recover_loop())
             while True:
                 await slots.acquire()
+                if self._stopping:
+                    slots.release()
+                    await asyncio.Event().wait()  # until cancelled; claim nothing more
                 self._wake.clear()
                 try:
                     item = await self.store.run(lambda tx: ops.claim(
@@ -134,7 +142,19 @@ class Worker:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._wake.wait(), self.config.poll)
                     continue
+                self._busy += 1
+                self._idle.clear()
                 group.create_task(self._process(item, slots))
+
+    async def drain(self, grace: float) -> bool:
+        """Stop claiming and give running work `grace` seconds to finish; True if it did."""
+        self._stopping = True
+        self.wake()
+        try:
+            await asyncio.wait_for(self._idle.wait(), grace)
+        except TimeoutError:
+            return False
+        return True
 
     async def _recover_loop(self) -> None:
         while True:
@@ -167,6 +187,9 @@ class Worker:
             log.exception("work %s failed unexpectedly; left for recovery", item.id)
         finally:
             slots.release()
+            self._busy -= 1
+            if self._busy == 0:
+                self._idle.set()
             self.wake()
 
     async def _heartbeat(self, item: WorkItem) -> None:
@@ -177,11 +200,9 @@ class Worker:
             if not ours:
                 raise LostClaim(item.id)
 
-    async def _context(self, item: WorkItem, dry_run: bool) -> ActionContext:
-        import json
-
+    def _context(self, item: WorkItem, dry_run: bool) -> ActionContext:
         occ = item.occurrence
-        past = await self.store.run(lambda tx: ops.history(tx, item.occurrence_id))
+        past = item.history
         starts = datetime.fromisoformat(str(occ["starts_at"]).replace("Z", "+00:00"))
         alert = AlertView(
             fingerprint=str(occ["fingerprint"]), starts_at=starts.astimezone(UTC),
@@ -198,9 +219,9 @@ class Worker:
     async def _execute(self, item: WorkItem) -> tuple[list[dict[str, Any]], bool | None]:
         dry_run = bool(item.plan.get("dry_run"))
         if item.kind == "verify":
-            return [], await self._verify(await self._context(item, dry_run))
+            return [], await self._verify(self._context(item, dry_run))
         if item.kind == "resolve_page":
-            ctx = await self._context(item, False)
+            ctx = self._context(item, False)
             outcome = await self._resolve_page(ctx)
             return [outcome.as_json()], None
         outcomes: list[dict[str, Any]] = []
@@ -208,7 +229,7 @@ class Worker:
         for index in range(item.next_step, len(steps)):
             name, params = steps[index]["action"], steps[index]["params"]
             step_dry = dry_run and name != "page"
-            ctx = await self._context(item, step_dry)
+            ctx = self._context(item, step_dry)
             started = time.time()
             if not await self.store.run(functools.partial(
                     ops.begin_step, item=item, owner=self.config.owner, index=index,
@@ -219,6 +240,7 @@ class Worker:
             self.metrics.action_seconds.labels(name).observe(outcome.duration_seconds)
             result = outcome.as_json()
             outcomes.append(result)
+            item.history.append(result)
             await self.store.run(functools.partial(
                 ops.finish_step, item=item, owner=self.config.owner, index=index,
                 outcome=result, now=time.time()))

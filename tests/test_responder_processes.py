@@ -104,3 +104,25 @@ def test_two_replicas_on_one_postgres_decide_once(tmp_path: Path, postgres_dsn: 
         assert runs.read_text() == "host-1\n"
         both = {s["detail"]["by"] for s in data["steps"] if s["kind"] == "action_started"}
         assert len(both) == 1
+
+
+def test_sigterm_lets_the_running_action_finish(tmp_path: Path) -> None:
+    runs = tmp_path / "runs.txt"
+    code = ("import sys, time; time.sleep(1.5); open(sys.argv[1], 'a').write('done\\n')")
+    argv = json.dumps(["python3", "-c", code, str(runs)])
+    rule = ("  - name: slow\n    match: {alertname: GaugeHigh}\n    external: true\n"
+            f"    mode: auto\n    do: [{{exec: {argv}}}]\n")
+    rb = tmp_path / "runbook.yml"
+    rb.write_text(runbook(rule))
+    with stack() as s:
+        data_dir = str(tmp_path / "data")
+        url = start(s, "responder-1", rb, "--data-dir", data_dir)
+        assert asyncio.run(post_many([url], body(), 1)) == [200]
+        wait_for(url, lambda d: "action_started" in kinds(d))
+        s.procs[-1].stop()
+        assert s.procs[-1].process is not None
+        assert s.procs[-1].process.returncode == 0
+        assert runs.read_text() == "done\n"
+        url = start(s, "responder-2", rb, "--data-dir", data_dir)
+        data = wait_for(url, lambda d: d["state"] == "acted")
+        assert "interrupted" not in kinds(data)

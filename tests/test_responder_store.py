@@ -116,3 +116,26 @@ async def test_unwritable_sqlite_fails_to_open(tmp_path: Path) -> None:
     store = open_store(None, blocker / "data")
     with pytest.raises(StoreError, match="cannot open SQLite store"):
         await store.open()
+
+
+async def test_failed_page_is_retried_with_backoff(store: Store) -> None:
+    note = Notification.model_validate(body(alert("p1")))
+    result = await store.run(lambda tx: intake(tx, note, "{}", Policy(load(PAGE_RULE)), 1.0))
+    oid = result.alerts[0].occurrence_id
+    for attempt in range(1, ops.PAGE_ATTEMPTS + 1):
+        now = time.time() + 10_000 * attempt
+        item = await store.run(lambda tx, t=now: ops.claim(tx, "me", t, 60.0))
+        assert item is not None
+        assert item.attempt == attempt
+        failed = [{"action": "page", "status": "failed", "output": "HTTP 500"}]
+        state = await store.run(
+            lambda tx, i=item, t=now, f=failed: ops.complete(tx, i, "me", f, None, t))
+        if attempt < ops.PAGE_ATTEMPTS:
+            assert state == "paging"
+            assert await store.run(lambda tx, t=now: ops.claim(tx, "x", t + 1, 60.0)) is None
+        else:
+            assert state == "page_failed"
+    data = await store.run(lambda tx: get_incident(tx, oid))
+    assert data is not None
+    retries = [s["detail"]["in_seconds"] for s in data["steps"] if s["kind"] == "page_retry"]
+    assert retries == [10.0, 20.0, 40.0, 80.0]

@@ -60,6 +60,18 @@ async def add_step(tx: Tx, occurrence: str, kind: str, detail: dict[str, Any],
                      occurrence, now, kind, dumps(detail))
 
 
+async def add_steps(tx: Tx, steps: list[tuple[str, str, dict[str, Any]]], now: float) -> None:
+    """Append several audit steps in one statement, in order."""
+    if not steps:
+        return
+    values = ", ".join("(?, ?, ?, ?)" for _ in steps)
+    args: list[Any] = []
+    for occurrence, kind, detail in steps:
+        args += [occurrence, now, kind, dumps(detail)]
+    await tx.execute(f"INSERT INTO steps (occurrence_id, at, kind, detail) VALUES {values}",  # noqa: S608 - placeholders only
+                     *args)
+
+
 @dataclass
 class AlertIntake:
     """What intake did with one alert of a notification."""
@@ -96,6 +108,8 @@ class WorkItem:
     plan: dict[str, Any]
     next_step: int
     occurrence: Row
+    history: list[dict[str, Any]] = field(default_factory=list)
+    """Outcomes of the actions already finished for this occurrence, oldest first."""
 
 
 class Store(ABC):

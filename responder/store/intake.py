@@ -1,4 +1,9 @@
-"""The intake transaction: record a notification, then decide each new occurrence exactly once."""
+"""The intake transaction: record a notification, then decide each new occurrence exactly once.
+
+Resends only append audit steps (no row is updated, so copies never wait on each other); a new
+occurrence is decided under the store's decision lock and inserted with its decision, so the
+unique key (fingerprint, startsAt) lets exactly one transaction decide it.
+"""
 
 from __future__ import annotations
 
@@ -6,15 +11,23 @@ from typing import Any
 
 from responder.matching import RuleMatch
 from responder.payload import Alert, Notification
-from responder.policy import Policy
+from responder.policy import Policy, TrackDecision
 from responder.rails import RailFacts, target_key
-from responder.store.base import AlertIntake, IntakeResult, Tx, add_step, dumps, occurrence_id
+from responder.store.base import (
+    AlertIntake,
+    IntakeResult,
+    Tx,
+    add_step,
+    add_steps,
+    dumps,
+    occurrence_id,
+)
 
 # States in which a resolved notification ends the occurrence before anything ran.
 _CLOSE_UNSTARTED = {"new", "queued", "awaiting_approval", "paging"}
 _HEAL = {"verifying", "acted"}
 _END = {"paged", "escalated"}
-ACTIVE_RUN_KINDS = ("run",)
+Step = tuple[str, str, dict[str, Any]]
 
 
 async def intake(tx: Tx, note: Notification, body: str, policy: Policy, now: float) -> IntakeResult:
@@ -26,61 +39,73 @@ async def intake(tx: Tx, note: Notification, body: str, policy: Policy, now: flo
         note.truncated_alerts, body)
     assert row is not None
     result = IntakeResult(int(row["id"]))
-    received = {"notification": result.notification_id, "receiver": note.receiver,
-                "group_key": note.group_key}
+    received: dict[str, Any] = {"notification": result.notification_id,
+                                "receiver": note.receiver, "group_key": note.group_key}
     if note.truncated_alerts:
         received["truncated_alerts"] = note.truncated_alerts
         received["warning"] = (f"Alertmanager left {note.truncated_alerts} alerts out of this "
                                "notification (max_alerts): they are not recorded here")
-    # A fixed order, so two transactions never wait on each other's occurrence rows.
+    # A fixed order, so two transactions never wait on each other's rows in opposite orders.
     seen: dict[str, Alert] = {}
     for alert in note.alerts:
         seen.setdefault(occurrence_id(alert.fingerprint, alert.starts_key), alert)
+    steps: list[Step] = []
     new_firing: list[tuple[str, Alert]] = []
     for oid in sorted(seen):
         alert = seen[oid]
-        outcome = await _record_alert(tx, oid, alert, received, now)
-        result.alerts.append(outcome)
-        if outcome.status == "new":
+        detail = {**received, "status": alert.status}
+        occ = await tx.fetchone("SELECT state, resolved_at FROM occurrences WHERE id = ?", oid)
+        if occ is None and alert.status == "firing":
             new_firing.append((oid, alert))
+            continue
+        if occ is None:
+            inserted = await _insert(tx, oid, alert, "resolved", [], now)
+            if inserted:
+                steps += [(oid, "received", detail), (oid, "resolved", {
+                    "reason": "resolved before any firing notification was recorded: "
+                              "nothing to remediate"})]
+                result.alerts.append(AlertIntake(oid, "resolved-unseen"))
+                continue
+        result.alerts.append(await _again(tx, oid, alert, detail, steps, now))
     if new_firing:
         await tx.lock_decisions()
-        by_id = {a.occurrence_id: a for a in result.alerts}
         for oid, alert in new_firing:
-            await _decide(tx, oid, alert, policy, now, by_id[oid], result)
+            detail = {**received, "status": alert.status}
+            result.alerts.append(await _decide(tx, oid, alert, policy, now, detail, steps,
+                                               result))
+    await add_steps(tx, steps, now)
     return result
 
 
-async def _record_alert(tx: Tx, oid: str, alert: Alert, received: dict[str, Any],
-                        now: float) -> AlertIntake:
-    state = "new" if alert.status == "firing" else "resolved"
-    ends = alert.ends_at if alert.ended else None
-    inserted = await tx.fetchone(
-        "INSERT INTO occurrences (id, fingerprint, starts_at, alertname, labels, annotations, "
-        "generator_url, state, first_seen, updated_at, resolved_at, ends_at) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING RETURNING id",
-        oid, alert.fingerprint, alert.starts_key, alert.labels.get("alertname", ""),
-        dumps(alert.labels), dumps(alert.annotations), alert.generator_url, state, now, now,
-        now if state == "resolved" else None, ends)
-    detail = {**received, "status": alert.status}
-    if inserted is not None:
-        await add_step(tx, oid, "received", detail, now)
-        if alert.status == "firing":
-            return AlertIntake(oid, "new")
-        await add_step(tx, oid, "resolved", {"reason": "resolved before any firing notification "
-                                             "was recorded: nothing to remediate"}, now)
-        return AlertIntake(oid, "resolved-unseen")
+async def _again(tx: Tx, oid: str, alert: Alert, detail: dict[str, Any], steps: list[Step],
+                 now: float) -> AlertIntake:
+    """A notification about an occurrence already recorded."""
+    if alert.status == "firing":
+        steps.append((oid, "deduplicated", detail))
+        return AlertIntake(oid, "deduplicated")
     occ = await tx.fetchone(f"SELECT state, resolved_at, paged FROM occurrences WHERE id = ?"  # noqa: S608 - only constant dialect text is inserted
                             f"{tx.for_update}", oid)
     assert occ is not None
-    if alert.status == "firing" or occ["resolved_at"] is not None:
-        await tx.execute("UPDATE occurrences SET notifications = notifications + 1, "
-                         "updated_at = ? WHERE id = ?", now, oid)
-        await add_step(tx, oid, "deduplicated", {**detail, "state": occ["state"]}, now)
+    if occ["resolved_at"] is not None:
+        steps.append((oid, "deduplicated", {**detail, "state": occ["state"]}))
         return AlertIntake(oid, "deduplicated")
+    ends = alert.ends_at if alert.ended else None
     await resolve_occurrence(tx, oid, str(occ["state"]), bool(occ["paged"]), now,
                              {**detail, "ends_at": ends})
     return AlertIntake(oid, "resolved")
+
+
+async def _insert(tx: Tx, oid: str, alert: Alert, state: str, decision: list[dict[str, Any]],
+                  now: float) -> bool:
+    ends = alert.ends_at if alert.ended else None
+    row = await tx.fetchone(
+        "INSERT INTO occurrences (id, fingerprint, starts_at, alertname, labels, annotations, "
+        "generator_url, state, decision, first_seen, updated_at, resolved_at, ends_at) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING RETURNING id",
+        oid, alert.fingerprint, alert.starts_key, alert.labels.get("alertname", ""),
+        dumps(alert.labels), dumps(alert.annotations), alert.generator_url, state,
+        dumps(decision), now, now, now if state == "resolved" else None, ends)
+    return row is not None
 
 
 async def resolve_occurrence(tx: Tx, oid: str, state: str, paged: bool, now: float,
@@ -95,7 +120,7 @@ async def resolve_occurrence(tx: Tx, oid: str, state: str, paged: bool, now: flo
     elif state in _HEAL:
         new_state = "healed"
     await tx.execute("UPDATE occurrences SET resolved_at = ?, ends_at = ?, state = ?, "
-                     "updated_at = ?, notifications = notifications + 1 WHERE id = ?",
+                     "updated_at = ? WHERE id = ?",
                      now, detail.get("ends_at"), new_state, now, oid)
     await add_step(tx, oid, "resolved", {**detail, "state": new_state,
                                          "cancelled": [dict(c) for c in cancelled]}, now)
@@ -117,24 +142,19 @@ async def rail_facts(tx: Tx, policy: Policy, match: RuleMatch, target: str,
                      now: float) -> RailFacts:
     """The shared rails state for one decision, read under the decision lock."""
     rule = match.rule
-    rails = policy.loaded.runbook.rails
-    last = await tx.fetchone("SELECT MAX(at) AS at FROM rail_runs WHERE rule_key = ? "
-                             "AND target_key = ?", match.key, target)
     window = rule.window_limit.per if rule.window_limit else 0.0
-    in_window = await tx.fetchone("SELECT COUNT(*) AS n FROM rail_runs WHERE rule_key = ? "
-                                  "AND at > ?", match.key, now - window)
-    in_rate = await tx.fetchone("SELECT COUNT(*) AS n FROM rail_runs WHERE at > ?",
-                                now - rails.rate_limit.per)
-    active = await tx.fetchone("SELECT COUNT(*) AS n FROM work WHERE kind = 'run' "
-                               "AND status IN ('pending', 'claimed')")
-    assert last is not None
-    assert in_window is not None
-    assert in_rate is not None
-    assert active is not None
+    row = await tx.fetchone(
+        "SELECT (SELECT MAX(at) FROM rail_runs WHERE rule_key = ? AND target_key = ?) AS last, "
+        "(SELECT COUNT(*) FROM rail_runs WHERE rule_key = ? AND at > ?) AS in_window, "
+        "(SELECT COUNT(*) FROM rail_runs WHERE at > ?) AS in_rate, "
+        "(SELECT COUNT(*) FROM work WHERE status IN ('pending', 'claimed') AND kind = 'run') "
+        "AS active", match.key, target, match.key, now - window,
+        now - policy.loaded.runbook.rails.rate_limit.per)
+    assert row is not None
     return RailFacts(
-        last_run_at=None if last["at"] is None else float(last["at"]),
-        rule_runs_in_window=int(in_window["n"]) if rule.window_limit else 0,
-        runs_in_rate_window=int(in_rate["n"]), active_runs=int(active["n"]))
+        last_run_at=None if row["last"] is None else float(row["last"]),
+        rule_runs_in_window=int(row["in_window"]) if rule.window_limit else 0,
+        runs_in_rate_window=int(row["in_rate"]), active_runs=int(row["active"]))
 
 
 async def record_run(tx: Tx, rule: str, target: str, oid: str, now: float) -> None:
@@ -144,19 +164,30 @@ async def record_run(tx: Tx, rule: str, target: str, oid: str, now: float) -> No
 
 
 async def _decide(tx: Tx, oid: str, alert: Alert, policy: Policy, now: float,
-                  intake_row: AlertIntake, result: IntakeResult) -> None:
+                  received: dict[str, Any], steps: list[Step], result: IntakeResult
+                  ) -> AlertIntake:
+    """Decide a new occurrence under the decision lock; insert it with its decision."""
     matches: list[RuleMatch | None] = list(policy.matches(alert.labels)) or [None]
-    await add_step(tx, oid, "matched", {"rules": [m.key for m in matches if m is not None]}
-                   if matches[0] is not None else {"rules": [], "reason": "no rule matches"}, now)
-    tracks: list[dict[str, Any]] = []
-    for track, match in enumerate(matches):
+    decisions: list[TrackDecision] = []
+    for match in matches:
         facts = None
         if policy.needs_facts(match):
             assert match is not None
             facts = await rail_facts(tx, policy, match, target_key(alert.labels), now)
-        decision = policy.decide(match, alert.labels, facts, now)
+        decisions.append(policy.decide(match, alert.labels, facts, now))
+    outcomes = {d.outcome for d in decisions}
+    state = next(s for s in ("queued", "awaiting_approval", "paging") if s in outcomes)
+    if not await _insert(tx, oid, alert, state, [d.as_json() for d in decisions], now):
+        # Another transaction decided it between our look and the lock.
+        steps.append((oid, "deduplicated", received))
+        return AlertIntake(oid, "deduplicated")
+    steps.append((oid, "received", received))
+    steps.append((oid, "matched", {"rules": [m.key for m in matches if m is not None]}
+                  if matches[0] is not None else {"rules": [], "reason": "no rule matches"}))
+    row = AlertIntake(oid, "new")
+    for track, decision in enumerate(decisions):
         for check in decision.rails:
-            await add_step(tx, oid, "rail", {"rule": decision.rule_key, **check.as_json()}, now)
+            steps.append((oid, "rail", {"rule": decision.rule_key, **check.as_json()}))
             if check.hit:
                 result.rail_hits.append(check.rail)
         if decision.outcome == "queued":
@@ -166,13 +197,8 @@ async def _decide(tx: Tx, oid: str, alert: Alert, policy: Policy, now: float,
         elif decision.outcome == "paging":
             await enqueue(tx, oid, track, "page", 1, decision.plan, now)
             result.work_queued += 1
-        await add_step(tx, oid, decision.outcome, {
+        steps.append((oid, decision.outcome, {
             "rule": decision.rule_key, "track": track, "mode": decision.mode,
-            "dry_run": decision.dry_run, "reason": decision.reason}, now)
-        intake_row.decisions.append(decision.outcome)
-        tracks.append(decision.as_json())
-    outcomes = {t["outcome"] for t in tracks}
-    state = next(s for s in ("queued", "awaiting_approval", "paging") if s in outcomes)
-    await tx.execute("UPDATE occurrences SET state = ?, decision = ?, updated_at = ? "
-                     "WHERE id = ?", state, dumps(tracks), now, oid)
-
+            "dry_run": decision.dry_run, "reason": decision.reason}))
+        row.decisions.append(decision.outcome)
+    return row

@@ -20,6 +20,7 @@ def iso(ts: float | None) -> str | None:
 
 
 def _incident(occ: Row, steps: list[Row]) -> dict[str, Any]:
+    details = [json.loads(s["detail"]) for s in steps]
     return {
         "id": occ["id"],
         "fingerprint": occ["fingerprint"],
@@ -34,10 +35,10 @@ def _incident(occ: Row, steps: list[Row]) -> dict[str, Any]:
         "first_seen": iso(occ["first_seen"]),
         "updated_at": iso(occ["updated_at"]),
         "resolved_at": iso(occ["resolved_at"]),
-        "notifications": occ["notifications"],
+        "notifications": sum(1 for s in details if "notification" in s),
         "paged": bool(occ["paged"]),
-        "steps": [{"at": iso(s["at"]), "kind": s["kind"], "detail": json.loads(s["detail"])}
-                  for s in steps],
+        "steps": [{"at": iso(s["at"]), "kind": s["kind"], "detail": d}
+                  for s, d in zip(steps, details, strict=True)],
     }
 
 

@@ -27,7 +27,6 @@ CREATE TABLE IF NOT EXISTS occurrences (
     updated_at DOUBLE PRECISION NOT NULL,
     resolved_at DOUBLE PRECISION,
     ends_at TEXT,
-    notifications INTEGER NOT NULL DEFAULT 1,
     paged INTEGER NOT NULL DEFAULT 0,
     UNIQUE (fingerprint, starts_at)
 );

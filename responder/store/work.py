@@ -11,6 +11,8 @@ from responder.store.base import Row, Tx, WorkItem, add_step
 from responder.store.intake import enqueue, record_run
 
 OK_STATUSES = ("ok", "dry_run")
+PAGE_ATTEMPTS = 5
+PAGE_BACKOFF = 10.0
 
 
 async def claim(tx: Tx, owner: str, now: float, lease: float) -> WorkItem | None:
@@ -31,7 +33,7 @@ async def claim(tx: Tx, owner: str, now: float, lease: float) -> WorkItem | None
                          state, now, row["occurrence_id"])
     return WorkItem(int(row["id"]), str(row["occurrence_id"]), int(row["track"]),
                     str(row["kind"]), int(row["attempt"]), json.loads(row["plan"]),
-                    int(row["next_step"]), dict(occ))
+                    int(row["next_step"]), dict(occ), await history(tx, occ["id"]))
 
 
 async def renew(tx: Tx, work_id: int, owner: str, until: float) -> bool:
@@ -122,6 +124,15 @@ async def complete(tx: Tx, item: WorkItem, owner: str, outcomes: list[dict[str, 
         if resolved:
             return await _state(tx, oid, "resolved", now, "closed",
                                 {"reason": "the alert resolved"})
+        if not paged and item.attempt < PAGE_ATTEMPTS:
+            # Nobody was told: try the page again later rather than give up on the human.
+            delay = PAGE_BACKOFF * 2 ** (item.attempt - 1)
+            pages = [s for s in plan.get("steps", []) if s.get("action") == "page"]
+            await enqueue(tx, oid, item.track, "page", item.attempt + 1,
+                          {**plan, "steps": pages or [page_step(str(plan.get("reason")))]},
+                          now + delay)
+            return await _state(tx, oid, "paging", now, "page_retry",
+                                {"attempt": item.attempt + 1, "in_seconds": delay})
         final = ("escalated" if item.kind == "escalate" else "paged") if paged else "page_failed"
         return await _state(tx, oid, final, now, final, {"work": item.id})
     # resolve_page
