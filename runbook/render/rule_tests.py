@@ -36,7 +36,7 @@ class Kind(enum.Enum):
     RATIO = "ratio"  # counters' ratio over the window: a constant while the window has events
     RATE = "rate"  # rate over the window: ramps up and down over the window
     INCREASE = "increase"  # increase over the window of a counter jumping once per window
-    AGE = "age"  # time() minus a timestamp gauge
+    AGE = "age"  # time() minus a timestamp gauge: the gauge trails the clock by the value
 
 
 KINDS = {
@@ -240,7 +240,8 @@ def build_inputs(rb: Runbook, rule: TierRule, scenario: Scenario, quiet: float,
             values.append(total)
         return {_sel("runbook_log_lines_total", raw): values}
     if name == "staleness":
-        return {_sel("runbook_last_success_timestamp_seconds", raw): _timestamps(act, interval)}
+        stamps: Samples = [k * interval - (v if on else 0.0) for k, on in enumerate(act)]
+        return {_sel("runbook_last_success_timestamp_seconds", raw): stamps}
     gauges = {
         "probe_failures": "runbook_probe_consecutive_failures",
         "queue_depth": "runbook_queue_depth",
@@ -264,17 +265,6 @@ def _with(metric: str, labels: dict[str, str]) -> str:
     extra = dict(part.split("=", 1) for part in inner.rstrip("}").split(","))
     merged = {**labels, **{k: v.strip('"') for k, v in extra.items()}}
     return _sel(name, merged)
-
-
-def _timestamps(active: list[bool], interval: float) -> list[float | None]:
-    """A last-success timestamp: fresh at every quiet sample, frozen while active."""
-    out: list[float | None] = []
-    last = 0.0
-    for k, on in enumerate(active):
-        if not on:
-            last = k * interval
-        out.append(last)
-    return out
 
 
 def scenario_bucket(value: float, q: float) -> tuple[float, float]:
@@ -314,8 +304,7 @@ def values_at(kind: Kind, scenario: Scenario, quiet: float | None, interval: flo
         if kind is Kind.INCREASE:
             stamps = _timestamps_of_jumps(act, n)
             return float(v * sum(1 for j in stamps if k - n + 1 <= j <= k))
-        stamps_t = _timestamps(act, interval)
-        return k * interval - float(stamps_t[k] or 0)
+        return v if act[k] else 0.0
 
     return value
 
@@ -383,7 +372,7 @@ def breach_value(rule: TierRule, kind: Kind) -> float | None:
 def safe_value(rule: TierRule, kind: Kind) -> float:
     """A value just inside this tier's threshold: the threshold itself where it is exact."""
     t, unit = rule.tier.threshold, rule.alert.unit
-    if kind is Kind.GAUGE or kind is Kind.INCREASE:
+    if kind in (Kind.GAUGE, Kind.INCREASE, Kind.AGE):
         return t
     quantile = ex.QUANTILES.get(rule.alert.signal.name) if rule.alert.signal else None
     if quantile is not None and not rule.alert.below:
@@ -439,10 +428,8 @@ def _tier_tests(rb: Runbook, mine: list[TierRule], rule: TierRule, interval: flo
 
     # Just inside the threshold, held long: this tier never fires.
     safe = safe_value(rule, kind)
-    length = start + n + math.ceil(longest / interval) + _age_steps(kind, rule, interval) + 3
+    length = start + n + math.ceil(longest / interval) + 3
     scenario = Scenario(safe, [start <= k for k in range(length)])
-    if kind is Kind.AGE:
-        scenario = _periodic_age(rule, length, start, interval)
     fired = simulate(mine, values_at(kind, scenario, quiet, interval, window, quantile),
                      length, interval)
     last = length - 1
@@ -453,7 +440,7 @@ def _tier_tests(rb: Runbook, mine: list[TierRule], rule: TierRule, interval: flo
     breach = breach_value(rule, kind)
     if breach is None:
         return out
-    length = start + n + math.ceil(longest / interval) + _age_steps(kind, rule, interval) + 3
+    length = start + n + math.ceil(longest / interval) + 3
     probe = Scenario(breach, [start <= k for k in range(length)])
     value = values_at(kind, probe, quiet, interval, window, quantile)
     fired = simulate(mine, value, length, interval)
@@ -461,7 +448,7 @@ def _tier_tests(rb: Runbook, mine: list[TierRule], rule: TierRule, interval: flo
     if fire_at is None:
         return out
     end = fire_at + 1
-    total = end + n + _age_steps(kind, rule, interval) + 3
+    total = end + n + 3
     scenario = Scenario(breach, [start <= k < end for k in range(total)])
     value = values_at(kind, scenario, quiet, interval, window, quantile)
     fired = simulate(mine, value, total, interval)
@@ -475,17 +462,6 @@ def _tier_tests(rb: Runbook, mine: list[TierRule], rule: TierRule, interval: flo
     return [*out, _test(f"{name}: pending before its `for`, fires after it, clears on recovery",
                         rb, rule, scenario, quiet, labels, interval, window, checks, kind,
                         quantile)]
-
-
-def _age_steps(kind: Kind, rule: TierRule, interval: float) -> int:
-    return math.ceil(rule.tier.threshold / interval) + 1 if kind is Kind.AGE else 0
-
-
-def _periodic_age(rule: TierRule, length: int, start: int, interval: float) -> Scenario:
-    """A timestamp refreshed just often enough that its age reaches the threshold, not past."""
-    period = math.floor(rule.tier.threshold / interval) + 1
-    active = [k >= start and (k - start) % period != 0 for k in range(length)]
-    return Scenario(0.0, active)
 
 
 def _test(name: str, rb: Runbook, rule: TierRule, scenario: Scenario, quiet: float,
@@ -556,7 +532,8 @@ def _slo_inputs(rb: Runbook, kind: str, latency: float | None, bad: float,
         assert latency is not None
         hist = ex.app_histogram(rb)
         base = hist or ex.PROBE_LATENCY
-        labels = dict(SCRAPE_LABELS)
+        app = rb.watch.app
+        labels = {**SCRAPE_LABELS, **({"job": app.job} if hist and app and app.job else {})}
         good_le = {**labels, "le": ex.number(latency)}
         inf = {**labels, "le": "+Inf"}
         return {
