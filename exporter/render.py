@@ -42,12 +42,62 @@ def wants_gzip(accept_encoding: str | None) -> bool:
 
 def render(families: Sequence[Metric], openmetrics_format: bool) -> tuple[bytes, str]:
     """The body and its content type."""
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Ready(families))  # type: ignore[arg-type]
     if openmetrics_format:
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(_Ready(families))  # type: ignore[arg-type]
         body: bytes = openmetrics.generate_latest(registry)  # type: ignore[no-untyped-call]
         return body, openmetrics.CONTENT_TYPE_LATEST
-    return generate_latest(registry), TEXT_TYPE
+    return render_text(families), TEXT_TYPE
+
+
+def render_prometheus_client(families: Sequence[Metric]) -> bytes:
+    """The text format as prometheus_client writes it (the reference render_text matches)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Ready(families))  # type: ignore[arg-type]
+    return generate_latest(registry)
+
+
+_SUFFIX = {"counter": "_total", "info": "_info"}
+_TYPE = {"info": "gauge", "stateset": "gauge", "gaugehistogram": "histogram", "unknown": "untyped"}
+
+
+def _special(v: float) -> str:
+    if v != v:
+        return "NaN"
+    return "+Inf" if v > 0 else "-Inf"
+
+
+def _label_value(text: str) -> str:
+    return text.replace("\\", r"\\").replace("\n", r"\n").replace('"', r'\"')
+
+
+def render_text(families: Sequence[Metric]) -> bytes:
+    """The Prometheus text format (0.0.4), written directly: generate_latest costs several
+    times more on scrapes of thousands of queue samples."""
+    out: list[str] = []
+    append = out.append
+    for family in families:
+        name = family.name + _SUFFIX.get(family.type, "")
+        doc = family.documentation.replace("\\", r"\\").replace("\n", r"\n")
+        append(f"# HELP {name} {doc}\n# TYPE {name} {_TYPE.get(family.type, family.type)}\n")
+        samples = family.samples
+        raw = "".join(v for sample in samples for v in sample.labels.values())
+        escape = "\\" in raw or '"' in raw or "\n" in raw
+        keys: tuple[str, ...] = ()
+        template = ""
+        for sample in samples:
+            labels = sample.labels
+            v = float(sample.value)
+            text = repr(v) if v - v == 0 else _special(v)
+            if not labels:
+                append(f"{sample.name} {text}\n")
+                continue
+            values = [_label_value(x) for x in labels.values()] if escape else labels.values()
+            if tuple(labels) != keys:
+                keys = tuple(labels)
+                template = "{}{{" + ",".join(f'{k}="{{}}"' for k in keys) + "}} "
+            append(template.format(sample.name, *values) + text + "\n")
+    return "".join(out).encode()
 
 
 def compress(body: bytes) -> bytes:

@@ -175,3 +175,26 @@ async def test_full_scrape_passes_promtool(redis_url: str, postgres_dsn: str, pr
                "runbook_probe_duration_seconds_bucket"}
     assert {"0.3", "1.5"} <= buckets
     assert value(found, "runbook_pg_query_tables", target="db", schemaname="pg_catalog") > 0
+
+
+def test_text_renderer_matches_prometheus_client() -> None:
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from exporter.render import render_prometheus_client, render_text
+
+    g = GaugeMetricFamily("x", "doc with \\ and \n newline", labels=["a", "b"])
+    g.add_metric(['q"uo\\te\n', "plain"], float("nan"))
+    g.add_metric(["b", "c"], float("inf"))
+    g.add_metric(["d", "e"], -2.5e-7)
+    h = HistogramMetricFamily("h", "hist", labels=["t"])
+    h.add_metric(["a"], [("0.1", 1.0), ("+Inf", 2.0)], 0.5)
+    c = CounterMetricFamily("c", "cnt", labels=[])
+    c.add_metric([], 3)
+
+    def parsed(body: bytes) -> list[tuple[str, str, str, list[tuple[str, dict[str, str], str]]]]:
+        return [(f.name, f.type, f.documentation,
+                 [(s.name, s.labels, repr(s.value)) for s in f.samples])
+                for f in text_string_to_metric_families(body.decode())]
+
+    assert parsed(render_text([g, h, c])) == parsed(render_prometheus_client([g, h, c]))

@@ -9,6 +9,7 @@ from datetime import datetime
 from typing import Any
 
 from prometheus_client.core import Metric
+from prometheus_client.samples import Sample
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
@@ -267,17 +268,21 @@ class QueuesCollector(Collector):
         oldest = gauge("runbook_queue_oldest_job_age_seconds",
                        "Age of the oldest waiting job (0: none waiting)", labels)
         workers = gauge("runbook_queue_workers", "Workers serving the queue", labels)
+        # Samples built directly (add_metric zips label lists per call; thousands of queues
+        # make that a visible share of the scrape). The label dicts are shared, never mutated.
+        d_add, j_add, p_add = depth.samples.append, jobs.samples.append, paused.samples.append
+        o_add, w_add = oldest.samples.append, workers.samples.append
         for r in readings:
-            key = [t, r.kind, r.queue]
-            depth.add_metric(key, r.depth)
+            key = {"target": t, "kind": r.kind, "queue": r.queue}
+            d_add(Sample("runbook_queue_depth", key, r.depth))
             for state, value in r.jobs.items():
-                jobs.add_metric([*key, state], value)
+                j_add(Sample("runbook_queue_jobs", {**key, "state": state}, value))
             if r.paused is not None:
-                paused.add_metric(key, r.paused)
+                p_add(Sample("runbook_queue_paused", key, r.paused))
             if r.kind != "celery":
-                oldest.add_metric(key, r.oldest_age or 0.0)
+                o_add(Sample("runbook_queue_oldest_job_age_seconds", key, r.oldest_age or 0.0))
             if r.workers is not None:
-                workers.add_metric(key, r.workers)
+                w_add(Sample("runbook_queue_workers", key, r.workers))
         out: list[Metric] = [depth, jobs, paused, oldest, workers]
         if self.unacked is not None:
             unacked = gauge("runbook_queue_unacked",
