@@ -35,7 +35,9 @@ page:
 """
 
 
-def _explain(tmp_path: Path, labels: dict[str, str], *extra: str) -> subprocess.CompletedProcess[str]:
+def _explain(
+    tmp_path: Path, labels: dict[str, str], *extra: str
+) -> subprocess.CompletedProcess[str]:
     (tmp_path / "rb.yml").write_text(RUNBOOK)
     (tmp_path / "alert.json").write_text(json.dumps({"labels": labels}))
     return subprocess.run(
