@@ -18,6 +18,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 
+from responder import ui
 from responder.metrics import Metrics
 from responder.openapi import openapi_document
 from responder.payload import Notification
@@ -270,6 +271,9 @@ ROUTES: list[tuple[str, str, Any]] = [
     ("GET", "/health", health),
     ("GET", "/health/ready", ready),
     ("GET", "/openapi.json", openapi),
+    ("GET", "/", ui.index),
+    ("GET", "/ui/app.js", ui.script),
+    ("GET", "/ui/style.css", ui.style),
 ]
 
 

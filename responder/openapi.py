@@ -51,6 +51,11 @@ _ANSWER = {"required": False, "content": {"application/json": {"schema": {
 _SECURE: list[dict[str, list[str]]] = [{"bearer": []}]
 
 
+def _static(content_type: str) -> dict[str, Any]:
+    return {"description": "a static file", "content": {content_type: {
+        "schema": {"type": "string"}}}}
+
+
 @functools.cache
 def openapi_document() -> dict[str, Any]:
     """The document served at /openapi.json."""
@@ -108,5 +113,11 @@ def openapi_document() -> dict[str, Any]:
                 "200": _resp("ready"), "503": _resp("the store does not answer")}}},
             "/openapi.json": {"get": {"summary": "This document",
                                       "responses": {"200": _resp("OpenAPI 3 document")}}},
+            "/": {"get": {"summary": "The incidents page (its data comes from /incidents)",
+                          "responses": {"200": _static("text/html")}}},
+            "/ui/app.js": {"get": {"summary": "The incidents page's script",
+                                   "responses": {"200": _static("application/javascript")}}},
+            "/ui/style.css": {"get": {"summary": "The incidents page's style sheet",
+                                      "responses": {"200": _static("text/css")}}},
         },
     }

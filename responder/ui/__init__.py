@@ -40,10 +40,3 @@ async def script(request: web.Request) -> web.Response:
 
 async def style(request: web.Request) -> web.Response:
     return await _serve(request, "style.css", "text/css")
-
-
-def add_routes(app: web.Application) -> None:
-    """Mount the page at `/` (its API calls carry the token in a header, so no CSRF cookie)."""
-    app.router.add_get("/", index)
-    app.router.add_get("/ui/app.js", script)
-    app.router.add_get("/ui/style.css", style)
