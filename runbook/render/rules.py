@@ -130,8 +130,13 @@ def rule_groups(loaded: LoadedRunbook, timing: Timing) -> list[dict[str, Any]]:
     if rb.slos:
         slo_entries: list[dict[str, Any]] = []
         for slo in rb.slos:
+            seen: set[str] = set()
             for window in ex.slo_windows():
-                slo_entries.append({"record": ex.slo_record(rb.service, slo, window, timing),
+                record = ex.slo_record(rb.service, slo, window, timing)
+                if record in seen:
+                    continue  # two windows scaled to the same floor record one series
+                seen.add(record)
+                slo_entries.append({"record": record,
                                     "expr": ex.slo_error_ratio(rb, slo, window, timing),
                                     "labels": {"slo": slo.name}})
         for s in slo_rules(loaded, timing):
