@@ -289,6 +289,15 @@ async def _session_ctx(app: web.Application) -> AsyncIterator[None]:
         yield
 
 
+async def _wakeup_ctx(app: web.Application) -> AsyncIterator[None]:
+    url = app[SETTINGS].redis_url
+    if url:
+        app[WAKEUP] = Wakeup(url, lambda: None)
+    yield
+    if WAKEUP in app:
+        await app[WAKEUP].close()
+
+
 async def _worker_ctx(app: web.Application) -> AsyncIterator[None]:
     import asyncio
     import contextlib
@@ -302,8 +311,8 @@ async def _worker_ctx(app: web.Application) -> AsyncIterator[None]:
     # One process per SQLite file: whatever it left claimed was cut short by a stop.
     await worker.recover(everything=app[STORE].dialect == "sqlite")
     tasks = [asyncio.create_task(worker.run(), name="responder-worker")]
-    if settings.redis_url:
-        app[WAKEUP] = Wakeup(settings.redis_url, worker.wake)
+    if WAKEUP in app:
+        app[WAKEUP].on_wake = worker.wake
         tasks.append(asyncio.create_task(app[WAKEUP].listen(), name="responder-wakeup"))
     yield
     if not await worker.drain(settings.grace):
@@ -314,8 +323,6 @@ async def _worker_ctx(app: web.Application) -> AsyncIterator[None]:
     for task in tasks:
         with contextlib.suppress(asyncio.CancelledError):
             await task
-    if WAKEUP in app:
-        await app[WAKEUP].close()
 
 
 def build_app(loaded: LoadedRunbook, store: Store, settings: Settings,
@@ -332,6 +339,7 @@ def build_app(loaded: LoadedRunbook, store: Store, settings: Settings,
         app.router.add_route(method, path, handler)
     app.cleanup_ctx.append(_store_ctx)
     app.cleanup_ctx.append(_session_ctx)
+    app.cleanup_ctx.append(_wakeup_ctx)
     if settings.run_worker:
         app.cleanup_ctx.append(_worker_ctx)
     return app

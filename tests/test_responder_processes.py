@@ -126,3 +126,27 @@ def test_sigterm_lets_the_running_action_finish(tmp_path: Path) -> None:
         url = start(s, "responder-2", rb, "--data-dir", data_dir)
         data = wait_for(url, lambda d: d["state"] == "acted")
         assert "interrupted" not in kinds(data)
+
+
+async def test_redis_wakes_the_other_replica(tmp_path: Path, postgres_dsn: str,
+                                             redis_url: str) -> None:
+    from responder.store import open_store
+    from tests.test_responder_support import append_argv, load, post, responder
+
+    runs = tmp_path / "runs.txt"
+    rule = ("  - name: fix\n    match: {alertname: GaugeHigh}\n    external: true\n"
+            f"    mode: auto\n    do: [{{exec: {json.dumps(append_argv(runs))}}}]\n")
+    loaded = load(rule)
+    # The intake replica runs no worker; the worker replica polls only every 60s.
+    async with responder(loaded, open_store(postgres_dsn), run_worker=False,
+                         redis_url=redis_url) as front, \
+            responder(loaded, open_store(postgres_dsn), poll=60.0, redis_url=redis_url):
+        await asyncio.sleep(0.3)  # the subscriber is listening
+        began = time.monotonic()
+        assert (await post(front, body())).status == 200
+        for _ in range(500):
+            if runs.exists():
+                break
+            await asyncio.sleep(0.02)
+        assert runs.read_text() == "host-1\n"
+        assert time.monotonic() - began < 5
