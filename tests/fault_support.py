@@ -4,6 +4,7 @@ actions leave a countable side effect, Alertmanager clusters, RSS and figures.""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -18,6 +19,7 @@ from typing import Any
 
 import aiohttp
 
+from tests.servers import PostgresServer
 from tests.stack import Proc, Stack, free_port, http_get, wait_ready
 
 TOKEN = "fault-token-8c2f1e7d9a"  # noqa: S105 - a test token, looked for in logs
@@ -253,6 +255,22 @@ def children_of(pid: int) -> list[int]:
         if int(fields[1]) == pid:
             found.append(int(entry.name))
     return found
+
+
+def crash_postgres(pg: PostgresServer) -> None:
+    """SIGKILL a PostgreSQL we started: the postmaster and every backend at once (a crash)."""
+    pid = int((pg.data / "postmaster.pid").read_text().splitlines()[0])
+    for victim in [pid, *children_of(pid)]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(victim, signal.SIGKILL)
+    until(lambda: not Path(f"/proc/{pid}").exists() or _zombie(pid), 10, "postgres to die", 0.02)
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return (Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]) == "Z"
+    except OSError:
+        return True
 
 
 def run_async(coro: Any) -> Any:
