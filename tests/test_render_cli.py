@@ -57,8 +57,10 @@ def test_render_is_byte_stable_and_check_finds_drift(tmp_path: Path,
 def test_time_scale_and_responder_url_options(tmp_path: Path) -> None:
     assert main(["render", str(EXAMPLES[0]), "--out", str(tmp_path), "--time-scale", "0.01",
                  "--responder-url", "http://127.0.0.1:19818/alerts",
-                 "--exporter", "127.0.0.1:19817", "--alertmanager", "127.0.0.1:19093"]) == 0
+                 "--exporter", "127.0.0.1:19817", "--alertmanager", "127.0.0.1:19093",
+                 "--rules-dir", "/etc/prometheus/alert_rules/"]) == 0
     prom = (tmp_path / "deploy" / "prometheus.yml").read_text()
+    assert "- /etc/prometheus/alert_rules/cinder-js.rules.yml" in prom
     assert "scrape_interval: 1s" in prom
     assert "127.0.0.1:19817" in prom
     assert "127.0.0.1:19818" in prom

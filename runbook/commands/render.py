@@ -43,6 +43,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--token-file", default=Delivery().token_file, metavar="PATH",
                         help="file Alertmanager reads the responder's bearer token from "
                              "(default %(default)s)")
+    parser.add_argument("--rules-dir", default=Options().rules_dir, metavar="DIR",
+                        help="the rule files' directory as prometheus.yml names it, relative to "
+                             "prometheus.yml's own directory or absolute (default %(default)s)")
     parser.add_argument("--release", default=Options().release, metavar="NAME",
                         help="`release` label of the PrometheusRule (default %(default)s)")
 
@@ -56,7 +59,8 @@ def options_from(args: argparse.Namespace) -> Options:
     return Options(timing=Timing(scale),
                    delivery=Delivery(args.responder_url, args.secrets_dir, args.token_file),
                    exporters=list(args.exporter or [EXPORTER]),
-                   alertmanager=args.alertmanager, release=args.release)
+                   alertmanager=args.alertmanager, release=args.release,
+                   rules_dir=args.rules_dir)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -25,6 +25,7 @@ class Options:
     exporters: list[str] = field(default_factory=lambda: [EXPORTER])
     alertmanager: str = ALERTMANAGER
     release: str = "kube-prometheus-stack"
+    rules_dir: str = "../alert_rules"  # as prometheus.yml names them (relative to its directory)
 
 
 def render_all(runbooks: list[LoadedRunbook], options: Options) -> dict[str, str]:
@@ -48,7 +49,7 @@ def render_all(runbooks: list[LoadedRunbook], options: Options) -> dict[str, str
         files["deploy/alertmanager.yml"] = render_alertmanager(runbooks, timing, options.delivery)
         files["deploy/prometheus.yml"] = render_prometheus(
             runbooks, timing, options.delivery.responder_url, options.exporters,
-            options.alertmanager)
+            options.alertmanager, options.rules_dir.rstrip("/"))
     return files
 
 

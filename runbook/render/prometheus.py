@@ -45,6 +45,8 @@ def prometheus_config(runbooks: list[LoadedRunbook], timing: Timing, responder_u
 
 
 def render_prometheus(runbooks: list[LoadedRunbook], timing: Timing, responder_url: str,
-                      exporters: list[str], alertmanager: str) -> str:
+                      exporters: list[str], alertmanager: str,
+                      rules_dir: str = "../alert_rules") -> str:
     """The text of deploy/prometheus.yml."""
-    return dump_yaml(prometheus_config(runbooks, timing, responder_url, exporters, alertmanager))
+    return dump_yaml(prometheus_config(runbooks, timing, responder_url, exporters, alertmanager,
+                                       rules_dir))
