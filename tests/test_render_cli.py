@@ -60,7 +60,7 @@ def test_time_scale_and_responder_url_options(tmp_path: Path) -> None:
                  "--exporter", "127.0.0.1:19817", "--alertmanager", "127.0.0.1:19093",
                  "--rules-dir", "/etc/prometheus/alert_rules/"]) == 0
     prom = (tmp_path / "deploy" / "prometheus.yml").read_text()
-    assert "- /etc/prometheus/alert_rules/cinder-js.rules.yml" in prom
+    assert f"- /etc/prometheus/alert_rules/{load_runbook(EXAMPLES[0]).service}.rules.yml" in prom
     assert "scrape_interval: 1s" in prom
     assert "127.0.0.1:19817" in prom
     assert "127.0.0.1:19818" in prom
