@@ -139,6 +139,18 @@ class Stack:
         wait_ready(f"{url}/-/ready", 30, proc.process, proc.log)
         return proc, url
 
+    def redis(self) -> tuple[Proc, str]:
+        """A redis-server of this stack alone (its INFO stats count only this test's traffic)."""
+        port = free_port()
+        data = self.dir / f"redis-{port}"
+        data.mkdir()
+        proc = self.spawn(f"redis-{port}", [
+            find_tool("redis-server"), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+            "--appendonly", "no", "--dir", str(data), "--daemonize", "no",
+        ])
+        wait_for_port(port)
+        return proc, f"redis://127.0.0.1:{port}/0"
+
     def runbook(self, name: str, args: Sequence[str], ready_url: str,
                 env: dict[str, str] | None = None) -> Proc:
         full_env = {**os.environ, **(env or {})}
