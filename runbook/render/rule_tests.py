@@ -3,8 +3,8 @@
 Each test feeds the raw metrics of the contract (counters for rates, histogram buckets for
 quantiles) and predicts, evaluation by evaluation, what Prometheus computes from them: a step
 for gauges and ratios of counters, a ramp over the window for a plain rate, a staircase for
-increase(), a growing age for staleness. A simulation of `for` then gives the exact alerts
-expected at each checked time, with their labels and expanded annotations.
+increase(), a timestamp trailing the clock for staleness. A simulation of `for` then gives
+the exact alerts expected at each checked time, with their labels and expanded annotations.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import enum
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
@@ -53,7 +53,6 @@ class Scenario:
 
     value: float
     active: list[bool]
-    series: dict[str, list[float | None]] = field(default_factory=dict)
 
 
 def _dec(value: float) -> Decimal:
@@ -226,18 +225,12 @@ def build_inputs(rb: Runbook, rule: TierRule, scenario: Scenario, quiet: float,
         return {_sel(hits, raw): _counter(act, part(v)),
                 _sel(misses, raw): _counter(act, SCALE - part(v))}
     if name == "log_errors":
-        steps = round(window / interval)
-        values: list[float | None] = []
-        total = 0.0
-        since = None
-        for k, on in enumerate(act):
-            if on:
-                since = k if since is None else since
-                if (k - since) % steps == 0:
-                    total += v
-            else:
-                since = None
-            values.append(total)
+        jumps = set(_jumps(act, round(window / interval)))
+        values: Samples = []
+        total = Decimal(0)
+        for k in range(len(act)):
+            total += _dec(v) if k in jumps else 0
+            values.append(float(total))
         return {_sel("runbook_log_lines_total", raw): values}
     if name == "staleness":
         stamps: Samples = [k * interval - (v if on else 0.0) for k, on in enumerate(act)]
@@ -302,14 +295,14 @@ def values_at(kind: Kind, scenario: Scenario, quiet: float | None, interval: flo
         if kind is Kind.RATE:
             return v * events_in_window(k) / n
         if kind is Kind.INCREASE:
-            stamps = _timestamps_of_jumps(act, n)
-            return float(v * sum(1 for j in stamps if k - n + 1 <= j <= k))
+            return float(v * sum(1 for j in _jumps(act, n) if k - n + 1 <= j <= k))
         return v if act[k] else 0.0
 
     return value
 
 
-def _timestamps_of_jumps(active: list[bool], steps: int) -> list[int]:
+def _jumps(active: list[bool], steps: int) -> list[int]:
+    """Samples where a once-per-window counter jumps: the first active one, then every window."""
     out = []
     since = None
     for k, on in enumerate(active):
