@@ -14,6 +14,7 @@ import asyncio
 import json
 import os
 import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -34,9 +35,10 @@ PAYLOAD = json.loads(Path("/work/shared/reference/payloads/firing.json").read_te
 TOKEN = "bench-token"  # noqa: S105 - a throw-away token for local processes
 RUNBOOK = """\
 service: bench
-watch: {host: {}}
-alerts: {memory_usage: {warning: 70%, for: 5m}}
-rails: {max_concurrent: 256, rate_limit: {count: 1000000, per: 1s}}
+watch: {{host: {{}}}}
+alerts: {{memory_usage: {{warning: 70%, for: 5m}}}}
+page: {{default: {{webhook: {{url: "{page_url}"}}}}}}
+rails: {{max_concurrent: 256, rate_limit: {{count: 1000000, per: 1s}}}}
 respond:
   - name: fix
     match: {alertname: GaugeHigh}
@@ -44,12 +46,13 @@ respond:
     mode: auto
     dry_run: true
     cooldown: 0s
-    do: [{exec: [/bin/true]}]
+    do: [{{exec: [/bin/true]}}]
 """
 
 
 def serve_bare(port: int) -> None:
-    """The reference: an aiohttp handler that reads the body and answers 200."""
+    """The reference: an aiohttp handler that reads the body and answers 200 (also the page sink
+    for the responder's pages, so a page never fails and retries during the run)."""
     from aiohttp import web
 
     async def handle(request: web.Request) -> web.Response:
@@ -58,6 +61,7 @@ def serve_bare(port: int) -> None:
 
     app = web.Application()
     app.router.add_post("/alerts", handle)
+    app.router.add_post("/page", handle)
     web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
 
 
@@ -221,8 +225,9 @@ def main() -> int:
     if args.serve_bare is not None:
         serve_bare(args.serve_bare)
         return 0
+    # Stop cleanly (children, PostgreSQL, temp dir) on SIGTERM too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     tmp = Path(tempfile.mkdtemp(prefix="bench-responder-", dir="/tmp"))
-    (tmp / "runbook.yml").write_text(RUNBOOK)
     runbook_bin = str(Path(sys.executable).with_name("runbook"))
     env = {**os.environ, "RUNBOOK_WEBHOOK_TOKEN": TOKEN}
     processes: list[subprocess.Popen[bytes]] = []
@@ -235,6 +240,7 @@ def main() -> int:
                                tmp / "bare.log"))
         wait_for_port(port)
         targets.append(("bare aiohttp 200", f"http://127.0.0.1:{port}/alerts", None))
+        (tmp / "runbook.yml").write_text(RUNBOOK.format(page_url=f"http://127.0.0.1:{port}/page"))
         port = free_port()
         processes.append(spawn([runbook_bin, "responder", "--runbook", str(tmp / "runbook.yml"),
                                 "--listen", f"127.0.0.1:{port}", "--data-dir", str(tmp / "data"),

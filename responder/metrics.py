@@ -40,9 +40,6 @@ class Metrics:
         self.intake_seconds = Histogram(
             "runbook_responder_intake_seconds", "POST /alerts: received to answered (recorded)",
             buckets=_FAST, registry=r)
-        self.start_delay = Histogram(
-            "runbook_responder_work_start_delay_seconds", "Work due to claimed by a worker",
-            buckets=_FAST, registry=r)
         self.action_seconds = Histogram(
             "runbook_responder_action_seconds", "Duration of actions", ["action"],
             buckets=_SLOW, registry=r)

@@ -195,8 +195,14 @@ class Worker:
     async def _heartbeat(self, item: WorkItem) -> None:
         while True:
             await asyncio.sleep(self.config.lease / 3)
-            ours = await self.store.run(lambda tx: ops.renew(
-                tx, item.id, self.config.owner, time.time() + self.config.lease))
+            try:
+                ours = await self.store.run(lambda tx: ops.renew(
+                    tx, item.id, self.config.owner, time.time() + self.config.lease))
+            except StoreError as exc:
+                # A blip must not cut the action short; the lease still has 2/3 to run.
+                self.metrics.store_errors.labels("renew").inc()
+                log.warning("cannot renew the lease of work %s: %s", item.id, exc)
+                continue
             if not ours:
                 raise LostClaim(item.id)
 
