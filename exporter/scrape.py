@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -67,6 +67,7 @@ class Scraper:
 
     collectors: Sequence[Collector]
     health: dict[tuple[str, str], Health] = field(default_factory=dict)
+    _abandoned: set[asyncio.Future[list[Metric]]] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         for c in self.collectors:
@@ -85,8 +86,7 @@ class Scraper:
         error: str | None = None
         health.no_data = None
         try:
-            async with asyncio.timeout(budget):
-                families = await collector.collect()
+            families = await self._within(collector, budget)
         except NoData as exc:
             health.no_data = str(exc)
         except TimeoutError:
@@ -100,6 +100,32 @@ class Scraper:
         if error is None:
             health.last_success = time.time()
         return Outcome(collector, families, error is None, duration)
+
+
+    async def _within(self, collector: Collector, budget: float) -> list[Metric]:
+        """collect() within budget; a timed-out one is cancelled but not waited for, since a
+        client's clean-up may itself hang (asyncpg cancelling a query on a stopped server)."""
+        task = asyncio.ensure_future(collector.collect())
+        try:
+            done, _ = await asyncio.wait({task}, timeout=budget)
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
+        if not done:
+            task.cancel()
+            self._abandoned.add(task)
+            task.add_done_callback(_forget(self._abandoned))
+            raise TimeoutError
+        return task.result()
+
+
+def _forget(abandoned: set[asyncio.Future[list[Metric]]]
+            ) -> Callable[[asyncio.Future[list[Metric]]], None]:
+    def done(task: asyncio.Future[list[Metric]]) -> None:
+        abandoned.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved, so asyncio does not log it as lost
+    return done
 
 
 def _health_families(outcomes: Sequence[Outcome]) -> list[Metric]:
