@@ -3,19 +3,24 @@ Prometheus and Alertmanager, a PagerDuty stand-in, and checks on the chain it pr
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
+import pwd
+import shutil
 import subprocess
+import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, TypeVar
 
-from tests.servers import find_tool
-from tests.stack import ROOT, RUNBOOK_BIN, Stack, free_port, http_get, http_json
+from tests.servers import PG_BIN, PostgresServer, _as_postgres, find_tool
+from tests.stack import ROOT, RUNBOOK_BIN, Stack, free_port, http_json
 
 NODE_DIR = ROOT / "tests" / "node"
 PD_KEY = "e2e-routing-key"
@@ -218,5 +223,79 @@ def assert_healed(loop: Loop, alertname: str, actions: list[str], *,
     return incident
 
 
-__all__ = ["NODE_DIR", "PD_KEY", "Loop", "Sink", "assert_healed", "http_get", "node",
-           "start_loop", "start_sink", "steps"]
+
+
+@dataclass
+class SmallPostgres(PostgresServer):
+    """A PostgreSQL cluster with few connections, so a handful of sessions fills its pool."""
+
+    max_connections: int = 20
+
+    def start(self) -> None:
+        self._pg_ctl(
+            "-l", str(self.dir / "postgres.log"), "-w", "-t", "60",
+            "-o", f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off "
+                  f"-c max_connections={self.max_connections} -c superuser_reserved_connections=0",
+            "start",
+        )
+
+
+@contextlib.contextmanager
+def small_postgres(max_connections: int) -> Iterator[SmallPostgres]:
+    """initdb and start a SmallPostgres in a temp dir; stop and remove it afterwards."""
+    directory = Path(tempfile.mkdtemp(prefix="rbap-e2e-pg-", dir="/tmp"))
+    if os.geteuid() == 0:
+        entry = pwd.getpwnam("postgres")
+        os.chown(directory, entry.pw_uid, entry.pw_gid)
+    server = SmallPostgres(free_port(), directory, max_connections)
+    try:
+        _as_postgres([str(PG_BIN / "initdb"), "-D", str(server.data), "-A", "trust",
+                      "-U", "postgres", "--no-sync", "-E", "UTF8", "--locale=C.UTF-8"])
+        server.start()
+        yield server
+    finally:
+        with contextlib.suppress(subprocess.CalledProcessError):
+            server.stop("immediate")
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@dataclass
+class Sleepers:
+    """Sessions each running pg_sleep, held open in a thread of their own."""
+
+    dsn: str
+    count: int
+    seconds: float = 600.0
+    errors: list[str] = field(default_factory=list)
+    connected: threading.Event = field(default_factory=threading.Event)
+    thread: threading.Thread | None = None
+
+    async def _hold(self) -> None:
+        import asyncpg
+
+        conns = [await asyncpg.connect(self.dsn) for _ in range(self.count)]
+        self.connected.set()
+
+        async def sleep(conn: asyncpg.Connection) -> None:
+            try:
+                await conn.execute(f"SELECT pg_sleep({self.seconds})")
+            except (asyncpg.PostgresError, OSError, ConnectionError) as exc:
+                self.errors.append(type(exc).__name__)
+            finally:
+                await conn.close(timeout=2)
+
+        await asyncio.gather(*(sleep(c) for c in conns))
+
+    def start(self) -> Sleepers:
+        self.thread = threading.Thread(target=lambda: asyncio.run(self._hold()),
+                                       name="pg-sleepers", daemon=True)
+        self.thread.start()
+        if not self.connected.wait(20):
+            raise TimeoutError("the sleeping sessions did not connect")
+        return self
+
+    def join(self, timeout: float) -> bool:
+        """Whether every session ended within the timeout."""
+        assert self.thread is not None
+        self.thread.join(timeout)
+        return not self.thread.is_alive()
