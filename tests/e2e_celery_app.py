@@ -12,7 +12,7 @@ app.conf.update(worker_hijack_root_logger=False, broker_connection_retry_on_star
                 task_ignore_result=True)
 
 
-@app.task(name="e2e.scrape")
+@app.task(name="e2e.scrape")  # type: ignore[untyped-decorator]
 def scrape(n: int) -> int:
     """A scrape that takes a second."""
     time.sleep(1.0)
