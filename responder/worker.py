@@ -33,6 +33,7 @@ IDEMPOTENT_ACTIONS = frozenset({
     "pg_terminate_idle_in_transaction", "bullmq_clean", "files_clean",
 })
 
+CLAIM_BATCH = 16
 RunAction = Callable[[str, Any, ActionContext], Awaitable[Outcome]]
 StillFiring = Callable[[ActionContext], Awaitable[bool | None]]
 ResolvePage = Callable[[ActionContext], Awaitable[Outcome]]
@@ -128,23 +129,29 @@ class Worker:
                     slots.release()
                     await asyncio.Event().wait()  # until cancelled; claim nothing more
                 self._wake.clear()
+                # One slot is ours; take as many more as are free for one batched claim.
+                free = 1
+                while free < CLAIM_BATCH and not slots.locked():
+                    await slots.acquire()
+                    free += 1
                 try:
-                    item = await self.store.run(lambda tx: ops.claim(
-                        tx, self.config.owner, time.time(), self.config.lease))
+                    items = await self.store.run(functools.partial(
+                        ops.claim_many, owner=self.config.owner, now=time.time(),
+                        lease=self.config.lease, limit=free))
                 except StoreError as exc:
-                    slots.release()
+                    items = []
                     self.metrics.store_errors.labels("claim").inc()
                     log.error("cannot claim work: %s", exc)
-                    await asyncio.sleep(self.config.poll)
-                    continue
-                if item is None:
+                for _ in range(free - len(items)):
                     slots.release()
+                if not items:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._wake.wait(), self.config.poll)
                     continue
-                self._busy += 1
-                self._idle.clear()
-                group.create_task(self._process(item, slots))
+                for item in items:
+                    self._busy += 1
+                    self._idle.clear()
+                    group.create_task(self._process(item, slots))
 
     async def drain(self, grace: float) -> bool:
         """Stop claiming and give running work `grace` seconds to finish; True if it did."""
@@ -171,10 +178,10 @@ class Worker:
             async with asyncio.TaskGroup() as group:
                 beat = group.create_task(self._heartbeat(item))
                 try:
-                    outcomes, verdict = await self._execute(item)
-                    now = time.time()
-                    await self.store.run(lambda tx: ops.complete(
-                        tx, item, self.config.owner, outcomes, verdict, now))
+                    outcomes, verdict, last = await self._execute(item)
+                    await self.store.run(functools.partial(
+                        ops.complete, item=item, owner=self.config.owner, outcomes=outcomes,
+                        still_firing=verdict, now=time.time(), last=last))
                 finally:
                     beat.cancel()
         except* LostClaim:
@@ -222,37 +229,43 @@ class Worker:
             history=[_outcome(h) for h in past],
             incident_url=f"{base}/incidents/{item.occurrence_id}" if base else "")
 
-    async def _execute(self, item: WorkItem) -> tuple[list[dict[str, Any]], bool | None]:
+    async def _execute(self, item: WorkItem) -> tuple[
+            list[dict[str, Any]], bool | None, tuple[int, dict[str, Any]] | None]:
+        """Run the work; the last step's outcome is recorded together with the completion."""
         dry_run = bool(item.plan.get("dry_run"))
         if item.kind == "verify":
-            return [], await self._verify(self._context(item, dry_run))
+            return [], await self._verify(self._context(item, dry_run)), None
         if item.kind == "resolve_page":
             ctx = self._context(item, False)
             outcome = await self._resolve_page(ctx)
-            return [outcome.as_json()], None
+            return [outcome.as_json()], None, None
         outcomes: list[dict[str, Any]] = []
         steps = item.plan.get("steps", [])
+        pending: tuple[int, dict[str, Any]] | None = None
         for index in range(item.next_step, len(steps)):
-            name, params = steps[index]["action"], steps[index]["params"]
-            step_dry = dry_run and name != "page"
-            ctx = self._context(item, step_dry)
-            started = time.time()
-            if not await self.store.run(functools.partial(
-                    ops.begin_step, item=item, owner=self.config.owner, index=index,
-                    detail={"action": name, "dry_run": step_dry}, now=started)):
+            if pending is not None:
+                await self.store.run(functools.partial(
+                    ops.finish_step, item=item, owner=self.config.owner, index=pending[0],
+                    outcome=pending[1], now=time.time()))
+                pending = None
+            detail = ops.step_detail(item, index)
+            if not (index == item.next_step and item.step_started) and \
+                    not await self.store.run(functools.partial(
+                        ops.begin_step, item=item, owner=self.config.owner, index=index,
+                        detail=detail, now=time.time())):
                 raise LostClaim(item.id)
-            outcome = await self._action(name, params, ctx)
+            name = detail["action"]
+            ctx = self._context(item, detail["dry_run"])
+            outcome = await self._action(name, steps[index]["params"], ctx)
             self.metrics.actions.labels(name, outcome.status.value).inc()
             self.metrics.action_seconds.labels(name).observe(outcome.duration_seconds)
             result = outcome.as_json()
             outcomes.append(result)
             item.history.append(result)
-            await self.store.run(functools.partial(
-                ops.finish_step, item=item, owner=self.config.owner, index=index,
-                outcome=result, now=time.time()))
+            pending = (index, result)
             if item.kind == "run" and not outcome.ok:
                 break  # a failed remediation step escalates; later steps assumed it worked
-        return outcomes, None
+        return outcomes, None, pending
 
     async def _action(self, name: str, raw: Any, ctx: ActionContext) -> Outcome:
         started = time.monotonic()

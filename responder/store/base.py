@@ -110,6 +110,8 @@ class WorkItem:
     occurrence: Row
     history: list[dict[str, Any]] = field(default_factory=list)
     """Outcomes of the actions already finished for this occurrence, oldest first."""
+    step_started: bool = False
+    """The claim already recorded the start of step `next_step`."""
 
 
 class Store(ABC):

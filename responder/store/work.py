@@ -15,25 +15,53 @@ PAGE_ATTEMPTS = 5
 PAGE_BACKOFF = 10.0
 
 
-async def claim(tx: Tx, owner: str, now: float, lease: float) -> WorkItem | None:
-    """Take the oldest due work nobody holds (SKIP LOCKED on PostgreSQL)."""
-    row = await tx.fetchone(
+def step_detail(item: WorkItem, index: int) -> dict[str, Any]:
+    """What an action_started step says: the action and whether it only pretends."""
+    name = item.plan["steps"][index]["action"]
+    return {"action": name, "dry_run": bool(item.plan.get("dry_run")) and name != "page"}
+
+
+def runs_steps(item: WorkItem) -> bool:
+    """Whether this work runs action steps (and which remain)."""
+    return item.kind in ("run", "escalate", "page") and \
+        item.next_step < len(item.plan.get("steps", []))
+
+
+async def claim_many(tx: Tx, owner: str, now: float, lease: float, limit: int
+                     ) -> list[WorkItem]:
+    """Take up to `limit` of the oldest due work nobody holds (SKIP LOCKED on PostgreSQL);
+    the first step of each is marked started in the same commit."""
+    rows = await tx.fetchall(
         "SELECT id, occurrence_id, track, kind, attempt, plan, next_step FROM work "  # noqa: S608 - only constant dialect text is inserted
-        f"WHERE status = 'pending' AND not_before <= ? ORDER BY not_before, id LIMIT 1"
-        f"{tx.skip_locked}", now)
-    if row is None:
-        return None
-    await tx.execute("UPDATE work SET status = 'claimed', claimed_by = ?, lease_until = ? "
-                     "WHERE id = ?", owner, now + lease, row["id"])
-    occ = await tx.fetchone("SELECT * FROM occurrences WHERE id = ?", row["occurrence_id"])
-    assert occ is not None
-    state = {"run": "running", "escalate": "escalating"}.get(str(row["kind"]))
-    if state and occ["resolved_at"] is None:
-        await tx.execute("UPDATE occurrences SET state = ?, updated_at = ? WHERE id = ?",
-                         state, now, row["occurrence_id"])
-    return WorkItem(int(row["id"]), str(row["occurrence_id"]), int(row["track"]),
-                    str(row["kind"]), int(row["attempt"]), json.loads(row["plan"]),
-                    int(row["next_step"]), dict(occ), await history(tx, occ["id"]))
+        f"WHERE status = 'pending' AND not_before <= ? ORDER BY not_before, id LIMIT ?"
+        f"{tx.skip_locked}", now, limit)
+    items = []
+    for row in rows:
+        occ = await tx.fetchone("SELECT * FROM occurrences WHERE id = ?", row["occurrence_id"])
+        assert occ is not None
+        item = WorkItem(int(row["id"]), str(row["occurrence_id"]), int(row["track"]),
+                        str(row["kind"]), int(row["attempt"]), json.loads(row["plan"]),
+                        int(row["next_step"]), dict(occ), await history(tx, occ["id"]))
+        item.step_started = runs_steps(item)
+        await tx.execute("UPDATE work SET status = 'claimed', claimed_by = ?, lease_until = ?, "
+                         "in_step = ? WHERE id = ?", owner, now + lease,
+                         1 if item.step_started else 0, item.id)
+        state = {"run": "running", "escalate": "escalating"}.get(item.kind)
+        if state and occ["resolved_at"] is None:
+            await tx.execute("UPDATE occurrences SET state = ?, updated_at = ? WHERE id = ?",
+                             state, now, item.occurrence_id)
+        if item.step_started:
+            await add_step(tx, item.occurrence_id, "action_started", {
+                **step_detail(item, item.next_step), "work": item.id, "kind": item.kind,
+                "index": item.next_step, "by": owner}, now)
+        items.append(item)
+    return items
+
+
+async def claim(tx: Tx, owner: str, now: float, lease: float) -> WorkItem | None:
+    """Take the oldest due work nobody holds."""
+    items = await claim_many(tx, owner, now, lease, 1)
+    return items[0] if items else None
 
 
 async def renew(tx: Tx, work_id: int, owner: str, until: float) -> bool:
@@ -73,8 +101,12 @@ async def history(tx: Tx, occurrence: str) -> list[dict[str, Any]]:
 
 
 async def complete(tx: Tx, item: WorkItem, owner: str, outcomes: list[dict[str, Any]],
-                   still_firing: bool | None, now: float) -> str:
-    """Finish a piece of work and queue what follows; the occurrence's new state."""
+                   still_firing: bool | None, now: float,
+                   last: tuple[int, dict[str, Any]] | None = None) -> str:
+    """Finish a piece of work (and its last step, if given) and queue what follows; the
+    occurrence's new state."""
+    if last is not None:
+        await finish_step(tx, item, owner, last[0], last[1], now)
     await tx.execute("UPDATE work SET status = 'done', in_step = 0 WHERE id = ? "
                      "AND claimed_by = ?", item.id, owner)
     occ = await tx.fetchone(f"SELECT state, resolved_at, paged FROM occurrences WHERE id = ?"  # noqa: S608 - only constant dialect text is inserted
