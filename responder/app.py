@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
@@ -34,6 +35,7 @@ from runbook.loader import LoadedRunbook
 log = logging.getLogger("responder")
 
 MAX_BODY = 4 * 1024 * 1024
+BODY_SECONDS = 10.0
 MAX_LIMIT = 1000
 
 
@@ -104,13 +106,20 @@ async def post_alerts(request: web.Request) -> web.Response:
         return _error(415, f"content type must be application/json, not "
                            f"{request.content_type or 'missing'}")
     try:
-        raw = await request.read()
+        async with asyncio.timeout(BODY_SECONDS):
+            raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
         metrics.notifications.labels("unknown", "invalid").inc()
         return _error(413, f"body larger than {request.app[SETTINGS].max_body} bytes")
+    except TimeoutError:
+        # A body trickling in would hold a connection and its memory for ever: cut it off.
+        metrics.notifications.labels("unknown", "invalid").inc()
+        slow = _error(408, f"the body did not arrive within {BODY_SECONDS:g}s")
+        slow.force_close()
+        return slow
     try:
         body = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         metrics.notifications.labels("unknown", "invalid").inc()
         return _error(400, f"body is not JSON: {exc}")
     if not isinstance(body, dict):
@@ -122,7 +131,10 @@ async def post_alerts(request: web.Request) -> web.Response:
         metrics.notifications.labels(str(body.get("status", "unknown"))[:16], "invalid").inc()
         return _error(400, f"not an Alertmanager webhook (version 4): {_validation_reason(exc)}")
     policy = request.app[POLICY]
-    text = raw.decode("utf-8")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:  # UTF-16/32 JSON: keep it as UTF-8 JSON text
+        text = json.dumps(body)
     try:
         result = await request.app[STORE].run(lambda tx: intake(tx, note, text, policy, now))
     except StoreError as exc:
@@ -196,7 +208,7 @@ async def _answer(request: web.Request, approved: bool) -> web.Response:
     if request.can_read_body:
         try:
             data = await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError):
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
             return _error(400, "body must be JSON: {\"by\": \"name\", \"reason\": \"...\"}")
         if not isinstance(data, dict):
             return _error(400, "body must be a JSON object")

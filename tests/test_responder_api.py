@@ -52,6 +52,11 @@ async def test_malformed_bodies_get_4xx_with_reason(client: Client, payload: byt
     assert reason in (await response.json())["error"]
 
 
+async def test_utf16_json_is_recorded(client: Client) -> None:
+    response = await post(client, json.dumps(body()).encode("utf-16"))
+    assert response.status == 200, await response.text()
+
+
 async def test_content_type_is_checked(client: Client) -> None:
     response = await client.post("/alerts", data=json.dumps(body()),
                                  headers={**AUTH, "Content-Type": "text/plain"})
