@@ -300,8 +300,8 @@ class DemoLoop:
               timeout: float = 60.0) -> Cycle:
         """Breach once and follow the loop until the alert resolved; report(step) as it goes."""
         self.wait("quiet loop before the breach", lambda: self._alert() is None, 30)
-        self.node({"op": "fill", "url": self.redis, "queue": QUEUE, "n": JOBS})
-        cycle = Cycle(breach=time.time())
+        filled = self.node({"op": "fill", "url": self.redis, "queue": QUEUE, "n": JOBS})
+        cycle = Cycle(breach=float(filled["at"]))
         if report:
             report("breach", cycle)
         deadline = time.monotonic() + timeout

@@ -1,6 +1,7 @@
 // BullMQ as the application in the end-to-end tests and the demo.
 // Usage: node e2e_bullmq.mjs '<json command>' ; prints one JSON line.
-//   {op: "fill", url, prefix?, queue, n}            -> {added}       n waiting jobs, no worker
+//   {op: "fill", url, prefix?, queue, n}            -> {added, at}   n waiting jobs, no worker;
+//                                                     at: epoch seconds when they were in
 //   {op: "drain", url, prefix?, queue, concurrency?} -> {processed}  a worker that runs until the
 //                                                     queue is empty, then exits (the remediation)
 //   {op: "counts", url, prefix?, queue}             -> {wait, active, paused, ...}
@@ -22,7 +23,7 @@ async function left() {
 if (cmd.op === "fill") {
   const jobs = Array.from({ length: cmd.n }, (_, i) => ({ name: "scrape", data: { i } }));
   await queue.addBulk(jobs);
-  out = { added: cmd.n };
+  out = { added: cmd.n, at: Date.now() / 1000 };
 } else if (cmd.op === "drain") {
   let processed = 0;
   const worker = new Worker(cmd.queue, async () => { processed += 1; },
