@@ -59,12 +59,17 @@ class Hooks:
     idempotent: frozenset[str] = IDEMPOTENT_ACTIONS
 
     @classmethod
-    def discover(cls) -> Hooks:
+    def discover(cls, registry: Any = None) -> Hooks:
         """Find `responder.actions.run_action`, `responder.verify.still_firing` and the
         page resolve path (`responder.actions.resolve_page`, else `actions.notify.resolve`)."""
         extra = _optional("responder.actions", "IDEMPOTENT") or frozenset()
+        run_action = _optional("responder.actions", "run_action")
+        metrics_type = _optional("responder.actions", "ActionMetrics")
+        if run_action is not None and metrics_type is not None and registry is not None:
+            # The actions' own counters, on this app's registry (served on its /metrics).
+            run_action = functools.partial(run_action, metrics=metrics_type(registry))
         return cls(
-            run_action=cast(RunAction | None, _optional("responder.actions", "run_action")),
+            run_action=cast(RunAction | None, run_action),
             still_firing=cast(StillFiring | None, _optional("responder.verify", "still_firing")),
             resolve_page=cast(ResolvePage | None,
                               _optional("responder.actions", "resolve_page")
@@ -99,7 +104,7 @@ class Worker:
         self.session = session
         self.metrics = metrics
         self.config = config
-        self.hooks = hooks or Hooks.discover()
+        self.hooks = hooks or Hooks.discover(metrics.registry)
         self._wake = asyncio.Event()
         self._stopping = False
         self._busy = 0

@@ -59,6 +59,9 @@ async def test_firing_runs_once_across_resends(store: Store, tmp_path: Path) -> 
         assert steps.count("action_started") == steps.count("action_finished") == 1
         assert data["decision"][0]["outcome"] == "queued"
         assert data["notifications"] == 5
+        metrics = await (await client.get("/metrics")).text()
+        assert 'runbook_action_runs_total{action="exec",status="ok"} 1.0' in metrics
+        assert 'runbook_responder_actions_total{action="exec",status="ok"} 1.0' in metrics
 
 
 async def test_resolved_closes_and_never_remediates(store: Store, tmp_path: Path) -> None:
