@@ -64,6 +64,7 @@ CREATE TABLE IF NOT EXISTS rail_runs (
     at DOUBLE PRECISION NOT NULL
 );
 CREATE INDEX IF NOT EXISTS rail_runs_target ON rail_runs (rule_key, target_key, at);
+CREATE INDEX IF NOT EXISTS rail_runs_rule ON rail_runs (rule_key, at);
 CREATE INDEX IF NOT EXISTS rail_runs_at ON rail_runs (at);
 """
 
