@@ -41,7 +41,7 @@ page: {{default: {{webhook: {{url: "{page_url}"}}}}}}
 rails: {{max_concurrent: 256, rate_limit: {{count: 1000000, per: 1s}}}}
 respond:
   - name: fix
-    match: {alertname: GaugeHigh}
+    match: {{alertname: GaugeHigh}}
     external: true
     mode: auto
     dry_run: true
@@ -273,8 +273,10 @@ def main() -> int:
         if not os.environ.get("BENCH_KEEP"):
             shutil.rmtree(tmp, ignore_errors=True)
     bare = results[0]
-    print(f"cpus={os.cpu_count()} concurrency={args.concurrency} duration={args.duration}s "
-          f"rate={args.rate:.0f}/s")
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(f"cpus={os.cpu_count()} load={load} concurrency={args.concurrency} "
+          f"duration={args.duration}s rate={args.rate:.0f}/s (latency at that rate; 'start' = "
+          "received -> the worker starts the queued action, new occurrences)")
     header = (f"{'target':<22} {'workload':<8} {'req/s':>8} {'ratio':>6} {'p50 ms':>7} "
               f"{'p99 ms':>7} {'start p50':>9} {'start p99':>9}")
     print(header)
