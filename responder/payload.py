@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 ZERO_TIME = "0001-01-01T00:00:00Z"
 
@@ -52,11 +52,47 @@ class Alert(_Open):
     @property
     def starts_key(self) -> str:
         """startsAt normalized (UTC, microseconds) so copies from HA peers compare equal."""
-        return self.started.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        # isoformat, not strftime("%Y"): glibc writes year 1 as "1", which nothing parses back.
+        utc = self.started.astimezone(UTC).replace(tzinfo=None)
+        return utc.isoformat(timespec="microseconds") + "Z"
+
+
+def unstorable(value: object) -> str | None:
+    """Where a string holds NUL or a lone surrogate (no store can keep them), else None."""
+    # Iterative: a deeply nested body must not exhaust the stack.
+    todo: list[tuple[str, object]] = [("body", value)]
+    while todo:
+        where, item = todo.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return f"{where}: NUL characters are not allowed"
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return f"{where}: not valid Unicode (lone surrogate)"
+        elif isinstance(item, dict):
+            todo.extend((f"{where} (a key)", k) for k in item)
+            # Keys are escaped: the message itself must be storable and encodable.
+            todo.extend((f"{where}.{_printable(str(k))}"[:200], v) for k, v in item.items())
+        elif isinstance(item, list):
+            todo.extend((f"{where}[{i}]", v) for i, v in enumerate(item))
+    return None
+
+
+def _printable(text: str) -> str:
+    return text.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")
 
 
 class Notification(_Open):
     """One webhook POST from Alertmanager."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _storable(cls, data: object) -> object:
+        found = unstorable(data)
+        if found:
+            raise ValueError(found)
+        return data
 
     version: Literal["4"]
     status: Literal["firing", "resolved"]
@@ -93,4 +129,8 @@ def parse_time(value: str) -> datetime:
         raise ValueError(f"{value!r} is not an RFC 3339 timestamp") from None
     if when.tzinfo is None:
         raise ValueError(f"{value!r} has no time zone")
+    try:
+        when.astimezone(UTC)
+    except OverflowError:
+        raise ValueError(f"{value!r} is out of range once in UTC") from None
     return when

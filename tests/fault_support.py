@@ -42,7 +42,7 @@ def runbook_text(rules: str, page_url: str = "http://127.0.0.1:9/page", extra: s
     """A runbook whose `respond:` holds `rules` (YAML, indented two spaces), rails wide open."""
     return (f"service: faults\nwatch: {{host: {{}}}}\n"
             f"page:\n  default: {{webhook: {{url: \"{page_url}\"}}}}\n"
-            f"{OPEN_RAILS}{extra}respond:\n{rules}")
+            f"{OPEN_RAILS}{extra}respond:{chr(10) + rules if rules else ' []' + chr(10)}")
 
 
 def exec_rule(name: str, alertname: str, argv: Sequence[str], *, timeout: str = "1m",
