@@ -186,3 +186,23 @@ async def test_real_payload_files(store: Store, tmp_path: Path) -> None:
         assert listed["incidents"] == []
         every = await (await client.get("/incidents", headers=AUTH)).json()
         assert [i["id"] for i in every["incidents"]] == [the_id]
+
+
+async def test_max_attempts_reruns_before_escalating(store: Store, tmp_path: Path) -> None:
+    out = tmp_path / "runs.txt"
+    rule = auto_rule(out, "    verify_after: 1s\n    max_attempts: 2\n")
+    async with page_sink() as (sink, url), responder(load(rule, url), store) as client:
+        await post(client, body())
+        data = await wait_state(client, oid(), "escalated", within=20)
+        assert out.read_text() == "host-1\nhost-1\n"
+        steps = kinds(data)
+        assert steps.count("retry") == 1
+        assert steps.count("verifying") == 2
+        assert steps.index("retry") < steps.index("escalated")
+        escalated = next(s for s in data["steps"] if s["kind"] == "escalated")
+        assert "after 2 remediation attempt(s)" in escalated["detail"]["reason"]
+        assert len(sink.received) == 1
+        page = sink.received[0]
+        assert page["occurrence_id"] == oid()
+        assert [t["action"] for t in page["tried"]] == ["exec", "exec"]
+        assert "after 2 remediation attempt(s)" in page["message"]
