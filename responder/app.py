@@ -55,6 +55,7 @@ class Settings:
     hooks: Hooks | None = None
     redis_url: str | None = None
     grace: float = 10.0
+    retention: float = 30 * 86400.0
     """Seconds running actions get to finish at shutdown before they are cut short."""
 
 
@@ -321,7 +322,8 @@ async def _worker_ctx(app: web.Application) -> AsyncIterator[None]:
     worker = Worker(app[STORE], app[POLICY].loaded, app[SESSION], app[METRICS], WorkerConfig(
         owner=settings.owner, lease=settings.lease, poll=settings.poll,
         concurrency=app[POLICY].loaded.runbook.rails.max_concurrent,
-        public_url=settings.public_url, env=settings.env), settings.hooks)
+        public_url=settings.public_url, env=settings.env, retention=settings.retention),
+        settings.hooks)
     app[WORKER] = worker
     # One process per SQLite file: whatever it left claimed was cut short by a stop.
     await worker.recover(everything=app[STORE].dialect == "sqlite")

@@ -13,6 +13,7 @@ from aiohttp import web
 from responder.app import Settings, build_app
 from responder.store import StoreError, open_store
 from runbook.loader import RunbookError, load_runbook
+from runbook.units import parse_duration
 
 HELP = "receive Alertmanager webhooks and run the runbook's responses within its safety rails"
 EXAMPLES = """\
@@ -40,6 +41,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="this responder's URL as humans reach it (links in pages)")
     parser.add_argument("--lease", type=float, default=60.0, metavar="SECONDS",
                         help="how long a replica holds claimed work without renewing it")
+    parser.add_argument("--retention", type=parse_duration, default="30d", metavar="DURATION",
+                        help="keep ended incidents and notification bodies this long "
+                             "(default 30d; 0s keeps them forever)")
     parser.add_argument("--log-level", default="INFO",
                         choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
@@ -80,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     settings = Settings(token=token, lease=args.lease, public_url=args.public_url,
-                        redis_url=args.redis)
+                        redis_url=args.redis, retention=args.retention)
     app = build_app(loaded, store, settings)
     try:
         web.run_app(app, host=host, port=port, access_log=None,

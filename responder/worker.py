@@ -20,6 +20,7 @@ from responder.actions.base import ActionContext, AlertView, Outcome, Status
 from responder.metrics import Metrics
 from responder.store import Store, StoreError, WorkItem
 from responder.store import work as ops
+from responder.store.retention import prune
 from runbook.actions import ACTIONS
 from runbook.loader import LoadedRunbook
 
@@ -34,6 +35,7 @@ IDEMPOTENT_ACTIONS = frozenset({
 })
 
 CLAIM_BATCH = 16
+PRUNE_EVERY = 3600.0
 RunAction = Callable[[str, Any, ActionContext], Awaitable[Outcome]]
 StillFiring = Callable[[ActionContext], Awaitable[bool | None]]
 ResolvePage = Callable[[ActionContext], Awaitable[Outcome]]
@@ -88,6 +90,8 @@ class WorkerConfig:
     concurrency: int = 4
     public_url: str = ""
     env: Mapping[str, str] = field(default_factory=dict)
+    retention: float = 30 * 86400.0
+    """Seconds ended incidents and notification bodies are kept; 0 keeps them forever."""
 
 
 class LostClaim(Exception):
@@ -169,14 +173,20 @@ class Worker:
         return True
 
     async def _recover_loop(self) -> None:
+        pruned_at = 0.0
         while True:
             await asyncio.sleep(max(self.config.lease / 2, 0.2))
             try:
                 if await self.recover(everything=False):
                     self.wake()
+                if self.config.retention and time.time() - pruned_at > PRUNE_EVERY:
+                    pruned_at = time.time()
+                    gone = await self.store.run(functools.partial(
+                        prune, before=pruned_at - self.config.retention))
+                    log.info("retention: removed %s", gone)
             except StoreError as exc:
                 self.metrics.store_errors.labels("recover").inc()
-                log.error("cannot recover work: %s", exc)
+                log.error("cannot recover or prune: %s", exc)
 
     async def _process(self, item: WorkItem, slots: asyncio.Semaphore) -> None:
         try:

@@ -14,7 +14,8 @@ from responder.policy import Policy
 from responder.store import Store, StoreError, open_store
 from responder.store import work as ops
 from responder.store.intake import intake
-from responder.store.queries import get_incident
+from responder.store.queries import get_incident, list_incidents
+from responder.store.retention import prune
 from responder.worker import IDEMPOTENT_ACTIONS
 from tests.servers import start_postgres
 from tests.test_responder_support import AUTH, alert, body, load, post, responder
@@ -139,3 +140,19 @@ async def test_failed_page_is_retried_with_backoff(store: Store) -> None:
     assert data is not None
     retries = [s["detail"]["in_seconds"] for s in data["steps"] if s["kind"] == "page_retry"]
     assert retries == [10.0, 20.0, 40.0, 80.0]
+
+
+async def test_retention_forgets_only_what_ended_long_ago(store: Store) -> None:
+    policy = Policy(load(PAGE_RULE))
+    old = Notification.model_validate(body(alert("old"), alert("open")))
+    await store.run(lambda tx: intake(tx, old, "{}", policy, 1000.0))
+    closing = Notification.model_validate(body(alert("old", status="resolved")))
+    await store.run(lambda tx: intake(tx, closing, "{}", policy, 1001.0))
+    recent = Notification.model_validate(body(alert("new", status="resolved")))
+    await store.run(lambda tx: intake(tx, recent, "{}", policy, 5000.0))
+    gone = await store.run(lambda tx: prune(tx, 2000.0))
+    assert gone["occurrences"] == 1
+    assert gone["notifications"] == 2
+    assert gone["steps"] >= 3
+    left = await store.run(lambda tx: list_incidents(tx, False, 10))
+    assert sorted(i["fingerprint"] for i in left) == ["new", "open"]
