@@ -55,8 +55,9 @@ class Settings:
     hooks: Hooks | None = None
     redis_url: str | None = None
     grace: float = 10.0
-    retention: float = 30 * 86400.0
     """Seconds running actions get to finish at shutdown before they are cut short."""
+    retention: float = 30 * 86400.0
+    """Seconds ended incidents and notification bodies are kept; 0 keeps them forever."""
 
 
 STORE = web.AppKey("store", Store)
