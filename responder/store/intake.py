@@ -26,7 +26,7 @@ from responder.store.base import (
 # States in which a resolved notification ends the occurrence before anything ran.
 _CLOSE_UNSTARTED = {"new", "queued", "awaiting_approval", "paging"}
 _HEAL = {"verifying", "acted"}
-_END = {"paged", "escalated"}
+_END = {"paged", "escalated", "page_failed"}
 Step = tuple[str, str, dict[str, Any]]
 
 
