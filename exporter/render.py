@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import gzip
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import Metric
 from prometheus_client.openmetrics import exposition as openmetrics
+
+from exporter.collectors.base import RowFamily
 
 TEXT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -71,6 +73,19 @@ def _label_value(text: str) -> str:
     return text.replace("\\", r"\\").replace("\n", r"\n").replace('"', r'\"')
 
 
+def _rows(family: RowFamily, append: Callable[[str], None]) -> None:
+    rows = family.rows
+    inner = ",".join(f'{k}="%s"' for k in family.labelnames)
+    template = f"{family.name}{{{inner}}} %s\n" if inner else f"{family.name} %s\n"
+    raw = "".join(v for values, _ in rows for v in values)
+    escape = "\\" in raw or '"' in raw or "\n" in raw
+    for values, v in rows:
+        text = repr(v) if v - v == 0 else _special(v)
+        if escape:
+            values = tuple(_label_value(x) for x in values)
+        append(template % (*values, text))
+
+
 def render_text(families: Sequence[Metric]) -> bytes:
     """The Prometheus text format (0.0.4), written directly: generate_latest costs several
     times more on scrapes of thousands of queue samples."""
@@ -80,6 +95,9 @@ def render_text(families: Sequence[Metric]) -> bytes:
         name = family.name + _SUFFIX.get(family.type, "")
         doc = family.documentation.replace("\\", r"\\").replace("\n", r"\n")
         append(f"# HELP {name} {doc}\n# TYPE {name} {_TYPE.get(family.type, family.type)}\n")
+        if isinstance(family, RowFamily) and family.pending:
+            _rows(family, append)
+            continue
         samples = family.samples
         raw = "".join(v for sample in samples for v in sample.labels.values())
         escape = "\\" in raw or '"' in raw or "\n" in raw

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 
-from exporter.collectors.base import Collector, NoData
+from exporter.collectors.base import Collector, NoData, RowFamily
 
 # Taken off Prometheus' scrape timeout so the answer arrives before Prometheus gives up
 # (blackbox_exporter's --timeout-offset does the same).
@@ -159,6 +159,10 @@ def merge(*groups: Sequence[Metric]) -> list[Metric]:
                 by_name[family.name] = family
             elif seen.type != family.type:
                 raise ValueError(f"metric {family.name} is both {seen.type} and {family.type}")
+            elif isinstance(seen, RowFamily) and isinstance(family, RowFamily) \
+                    and seen.pending and family.pending \
+                    and seen.labelnames == family.labelnames:
+                seen.rows.extend(family.rows)
             else:
                 seen.samples.extend(family.samples)
     return list(by_name.values())

@@ -11,6 +11,7 @@ from prometheus_client.core import (
     GaugeMetricFamily,
     Metric,
 )
+from prometheus_client.samples import Sample
 
 
 class NoData(Exception):
@@ -70,3 +71,39 @@ def one(name: str, doc: str, target: str, value: float, kind: str = "gauge") -> 
 def flatten(groups: Iterable[list[Metric]]) -> list[Metric]:
     """All families of several lists, in order."""
     return [family for group in groups for family in group]
+
+
+class RowFamily(Metric):
+    """A gauge family kept as rows of label values, for collectors with thousands of samples.
+
+    The text renderer writes the rows directly; `samples` is built only when something asks
+    for it (OpenMetrics rendering, tests), so it stays a plain prometheus_client family.
+    """
+
+    def __init__(self, name: str, documentation: str, labelnames: Sequence[str]) -> None:
+        self.rows: list[tuple[tuple[str, ...], float]] = []
+        self._samples: list[Sample] | None = None
+        super().__init__(name, documentation, "gauge")
+        self.labelnames = tuple(labelnames)
+
+    @property
+    def samples(self) -> list[Sample]:
+        if self._samples is None:
+            names = self.labelnames
+            self._samples = [Sample(self.name, dict(zip(names, values, strict=True)), value)
+                             for values, value in self.rows]
+            self.rows = []
+        return self._samples
+
+    @samples.setter
+    def samples(self, value: list[Sample]) -> None:
+        self._samples = list(value) if value else None
+
+    @property
+    def pending(self) -> bool:
+        """Whether the rows were not turned into samples yet."""
+        return self._samples is None
+
+    def add(self, values: tuple[str, ...], value: float) -> None:
+        """One sample: label values in labelnames order, and its value."""
+        self.rows.append((values, value))

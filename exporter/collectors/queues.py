@@ -9,11 +9,10 @@ from datetime import datetime
 from typing import Any
 
 from prometheus_client.core import Metric
-from prometheus_client.samples import Sample
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from exporter.collectors.base import Collector, gauge
+from exporter.collectors.base import Collector, RowFamily, gauge
 from exporter.collectors.queue_script import BULLMQ_COLUMNS, RQ_COLUMNS, SCRIPT, decode, script_args
 
 # BullMQ lists (LLEN) and sorted sets (ZCARD) per queue; wait+paused+prioritized are waiting.
@@ -260,29 +259,27 @@ class QueuesCollector(Collector):
         """The queue families of these readings."""
         labels = ("target", "kind", "queue")
         t = self.target
-        depth = gauge("runbook_queue_depth", "Jobs waiting to be processed", labels)
-        jobs = gauge("runbook_queue_jobs", "Jobs by state, every state the library keeps",
-                     (*labels, "state"))
-        paused = gauge("runbook_queue_paused", "1 if the queue (RQ: all workers) is paused",
-                       labels)
-        oldest = gauge("runbook_queue_oldest_job_age_seconds",
-                       "Age of the oldest waiting job (0: none waiting)", labels)
-        workers = gauge("runbook_queue_workers", "Workers serving the queue", labels)
-        # Samples built directly (add_metric zips label lists per call; thousands of queues
-        # make that a visible share of the scrape). The label dicts are shared, never mutated.
-        d_add, j_add, p_add = depth.samples.append, jobs.samples.append, paused.samples.append
-        o_add, w_add = oldest.samples.append, workers.samples.append
+        depth = RowFamily("runbook_queue_depth", "Jobs waiting to be processed", labels)
+        jobs = RowFamily("runbook_queue_jobs", "Jobs by state, every state the library keeps",
+                         (*labels, "state"))
+        paused = RowFamily("runbook_queue_paused", "1 if the queue (RQ: all workers) is paused",
+                           labels)
+        oldest = RowFamily("runbook_queue_oldest_job_age_seconds",
+                           "Age of the oldest waiting job (0: none waiting)", labels)
+        workers = RowFamily("runbook_queue_workers", "Workers serving the queue", labels)
+        d_add, j_add, p_add = depth.rows.append, jobs.rows.append, paused.rows.append
+        o_add, w_add = oldest.rows.append, workers.rows.append
         for r in readings:
-            key = {"target": t, "kind": r.kind, "queue": r.queue}
-            d_add(Sample("runbook_queue_depth", key, r.depth))
+            key = (t, r.kind, r.queue)
+            d_add((key, r.depth))
             for state, value in r.jobs.items():
-                j_add(Sample("runbook_queue_jobs", {**key, "state": state}, value))
+                j_add(((t, r.kind, r.queue, state), value))
             if r.paused is not None:
-                p_add(Sample("runbook_queue_paused", key, r.paused))
+                p_add((key, r.paused))
             if r.kind != "celery":
-                o_add(Sample("runbook_queue_oldest_job_age_seconds", key, r.oldest_age or 0.0))
+                o_add((key, r.oldest_age or 0.0))
             if r.workers is not None:
-                w_add(Sample("runbook_queue_workers", key, r.workers))
+                w_add((key, r.workers))
         out: list[Metric] = [depth, jobs, paused, oldest, workers]
         if self.unacked is not None:
             unacked = gauge("runbook_queue_unacked",
