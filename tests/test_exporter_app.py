@@ -198,3 +198,26 @@ def test_text_renderer_matches_prometheus_client() -> None:
                 for f in text_string_to_metric_families(body.decode())]
 
     assert parsed(render_text([g, h, c])) == parsed(render_prometheus_client([g, h, c]))
+
+
+def test_row_families_merge_escape_and_turn_into_samples() -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from exporter.collectors.base import RowFamily
+    from exporter.render import render_prometheus_client, render_text
+    from exporter.scrape import merge
+
+    a = RowFamily("q", "depth", ("target", "queue"))
+    a.add(("one", 'we"ird\\name'), 1.0)
+    b = RowFamily("q", "depth", ("target", "queue"))
+    b.add(("two", "plain"), float("nan"))
+    merged = merge([a], [b])
+    assert len(merged) == 1
+    text = render_text(merged).decode()
+    assert 'q{target="one",queue="we\\"ird\\\\name"} 1.0' in text
+    parsed = [(s.labels, repr(s.value)) for f in text_string_to_metric_families(text)
+              for s in f.samples]
+    reference = render_prometheus_client(merged).decode()  # builds the samples on demand
+    assert parsed == [(s.labels, repr(s.value))
+                      for f in text_string_to_metric_families(reference) for s in f.samples]
+    assert [s.labels["target"] for s in merged[0].samples] == ["one", "two"]
