@@ -221,3 +221,33 @@ def test_row_families_merge_escape_and_turn_into_samples() -> None:
     assert parsed == [(s.labels, repr(s.value))
                       for f in text_string_to_metric_families(reference) for s in f.samples]
     assert [s.labels["target"] for s in merged[0].samples] == ["one", "two"]
+
+
+async def test_redis_acl_user_from_url_env_and_no_secret_in_errors(redis_url: str) -> None:
+    import redis as redis_sync
+
+    admin = redis_sync.Redis.from_url(redis_url)
+    admin.acl_setuser("watcher", enabled=True, passwords=["+s3cret-pass"],
+                      commands=["+info", "+ping", "+client|setname", "+client|list",
+                                "+eval_ro", "+llen", "+zcard", "+hexists", "+lindex", "+hget",
+                                "+scan", "+smembers", "+hlen", "+exists", "+scard"],
+                      keys=["*"])
+    base = redis_url.removeprefix("redis://")
+    env = {"GOOD_URL": f"redis://watcher:s3cret-pass@{base}",
+           "BAD_URL": f"redis://watcher:wrong-pass-123@{base}"}
+    loaded = runbook("watch:\n  redis:\n    - {name: good, url_env: GOOD_URL,"
+                     " queues: {rq: [q]}}\n    - {name: bad, url_env: BAD_URL}\n")
+    try:
+        async with serve(loaded, collectors=["redis", "queues"], env=env) as client:
+            text = await scrape_text(client)
+            found = samples(text)
+            assert value(found, "runbook_redis_up", target="good") == 1
+            assert value(found, "runbook_collector_up", collector="queues", target="good") == 1
+            assert value(found, "runbook_redis_up", target="bad") == 0
+            detail = await (await client.get("/health/detail")).text()
+        assert "wrong-pass-123" not in detail
+        assert "s3cret-pass" not in detail + text
+        assert "WRONGPASS" in detail or "invalid username-password" in detail
+    finally:
+        admin.acl_deluser("watcher")
+        admin.close()
