@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import io
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -16,7 +17,7 @@ from exporter.app import build_app
 from exporter.collectors import Options
 from exporter.resources import ConfigError
 from exporter.scrape import deadline_from_header
-from tests.servers import free_port
+from tests.servers import find_tool, free_port, wait_for_port
 from tests.test_exporter_support import (
     black_hole,
     runbook,
@@ -251,3 +252,43 @@ async def test_redis_acl_user_from_url_env_and_no_secret_in_errors(redis_url: st
     finally:
         admin.acl_deluser("watcher")
         admin.close()
+
+
+def _tls_files(directory: Path) -> tuple[Path, Path, Path]:
+    """A CA and a server certificate for 127.0.0.1, made with the openssl tool."""
+    openssl = shutil.which("openssl") or "openssl"
+    ca_key, ca, key, csr, cert = (directory / n for n in
+                                  ("ca.key", "ca.crt", "server.key", "server.csr", "server.crt"))
+    ext = directory / "san.ext"
+    ext.write_text("subjectAltName=IP:127.0.0.1\n")
+    for argv in (
+        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
+         "/CN=test-ca", "-keyout", str(ca_key), "-out", str(ca)],
+        [openssl, "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
+         "-keyout", str(key), "-out", str(csr)],
+        [openssl, "x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key),
+         "-CAcreateserial", "-days", "2", "-extfile", str(ext), "-out", str(cert)],
+    ):
+        subprocess.run(argv, check=True, capture_output=True, timeout=60)
+    return ca, cert, key
+
+
+async def test_rediss_tls_target(tmp_path: Path) -> None:
+    ca, cert, key = await asyncio.to_thread(_tls_files, tmp_path)
+    port = free_port()
+    server = await asyncio.create_subprocess_exec(
+        find_tool("redis-server"), "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1",
+        "--tls-cert-file", str(cert), "--tls-key-file", str(key), "--tls-ca-cert-file", str(ca),
+        "--tls-auth-clients", "no", "--save", "", "--dir", str(tmp_path),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        await asyncio.to_thread(wait_for_port, port)
+        env = {"TLS_URL": f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={ca}"}
+        loaded = runbook("watch:\n  redis:\n    - {name: tls, url_env: TLS_URL}\n")
+        async with serve(loaded, collectors=["redis"], env=env) as client:
+            found = samples(await scrape_text(client))
+        assert value(found, "runbook_redis_up", target="tls") == 1
+        assert value(found, "runbook_redis_memory_used_bytes", target="tls") > 0
+    finally:
+        server.terminate()
+        await asyncio.wait_for(server.wait(), 10)
