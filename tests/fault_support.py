@@ -22,7 +22,7 @@ import aiohttp
 from tests.servers import PostgresServer
 from tests.stack import Proc, Stack, free_port, http_get, wait_ready
 
-TOKEN = "fault-token-8c2f1e7d9a"  # noqa: S105 - a test token, looked for in logs
+TOKEN = "fault-token-8c2f1e7d9a"
 AUTH = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
 FIGURES = Path(tempfile.gettempdir()) / "runbook-fault-figures.jsonl"
 # Rails wide open: these tests count runs, so no rail may turn an action into a page.
@@ -161,12 +161,12 @@ def report(test: str, **figures: Any) -> None:
 
 
 async def post_json(session: aiohttp.ClientSession, url: str, payload: Any,
-                    timeout: float = 10.0) -> int:
+                    limit: float = 10.0) -> int:
     """POST a webhook body; its status, or 0 when the connection failed."""
     data = payload if isinstance(payload, bytes | str) else json.dumps(payload)
     try:
         async with session.post(f"{url}/alerts", data=data, headers=AUTH,
-                                timeout=aiohttp.ClientTimeout(total=timeout)) as response:
+                                timeout=aiohttp.ClientTimeout(total=limit)) as response:
             await response.read()
             return response.status
     except (aiohttp.ClientError, OSError, TimeoutError):
@@ -233,10 +233,8 @@ def am_peers(url: str) -> int:
 def kill9(proc: Proc) -> None:
     """SIGKILL a process this test started (its whole session), and reap it."""
     assert proc.process is not None
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
     proc.process.wait(10)
 
 
@@ -260,10 +258,17 @@ def children_of(pid: int) -> list[int]:
 def crash_postgres(pg: PostgresServer) -> None:
     """SIGKILL a PostgreSQL we started: the postmaster and every backend at once (a crash)."""
     pid = int((pg.data / "postmaster.pid").read_text().splitlines()[0])
-    for victim in [pid, *children_of(pid)]:
+    victims = [pid, *children_of(pid)]
+    for victim in victims:
         with contextlib.suppress(ProcessLookupError):
             os.kill(victim, signal.SIGKILL)
-    until(lambda: not Path(f"/proc/{pid}").exists() or _zombie(pid), 10, "postgres to die", 0.02)
+    until(lambda: all(_zombie(v) for v in victims), 10, "postgres to die", 0.02)
+    # PID 1 reaps orphans lazily here; a zombie postmaster still "exists" for PostgreSQL's
+    # lock-file check, so wait for the reaping, then drop a lock file naming a dead process.
+    with contextlib.suppress(AssertionError):
+        until(lambda: not Path(f"/proc/{pid}").exists(), 5, "the zombie to be reaped", 0.05)
+    with contextlib.suppress(FileNotFoundError):
+        (pg.data / "postmaster.pid").unlink()
 
 
 def _zombie(pid: int) -> bool:

@@ -155,7 +155,8 @@ def test_exporter_scrapes_through_redis_and_postgres_faults(tmp_path: Path,
                 scraper.wait("runbook_pg_up", 1, 30)
             scraper.stop.set()
             thread.join(15)
-            assert exporter.process.poll() is None and exporter.process.pid == pid
+            assert exporter.process.poll() is None
+            assert exporter.process.pid == pid
     finally:
         if scraper is not None:
             scraper.stop.set()

@@ -1,5 +1,6 @@
-"""Store outages: PostgreSQL stopped during a run (503 while it cannot record, a real Alertmanager
-retries, everything recorded once it is back); Redis lost under two replicas (never a double run)."""
+"""Store outages: PostgreSQL stopped during a run (503 while it cannot record, a real
+Alertmanager retries, everything recorded once it is back); Redis lost under two replicas
+(never a double run)."""
 
 from __future__ import annotations
 
