@@ -67,12 +67,17 @@ async def intake(tx: Tx, note: Notification, body: str, policy: Policy, now: flo
                 result.alerts.append(AlertIntake(oid, "resolved-unseen"))
                 continue
         result.alerts.append(await _again(tx, oid, alert, detail, steps, now))
-    if new_firing:
+    matched: list[tuple[str, Alert, list[RuleMatch | None]]] = []
+    for oid, alert in new_firing:
+        found: list[RuleMatch | None] = [*policy.matches(alert.labels)]
+        matched.append((oid, alert, found or [None]))
+    # Only rails read shared state: pages and unmatched alerts never wait for the lock.
+    if any(policy.needs_facts(m) for _, _, matches in matched for m in matches):
         await tx.lock_decisions()
-        for oid, alert in new_firing:
-            detail = {**received, "status": alert.status}
-            result.alerts.append(await _decide(tx, oid, alert, policy, now, detail, steps,
-                                               result))
+    for oid, alert, matches in matched:
+        detail = {**received, "status": alert.status}
+        result.alerts.append(await _decide(tx, oid, alert, matches, policy, now, detail, steps,
+                                           result))
     await add_steps(tx, steps, now)
     return result
 
@@ -163,11 +168,11 @@ async def record_run(tx: Tx, rule: str, target: str, oid: str, now: float) -> No
                      "VALUES (?, ?, ?, ?)", rule, target, oid, now)
 
 
-async def _decide(tx: Tx, oid: str, alert: Alert, policy: Policy, now: float,
-                  received: dict[str, Any], steps: list[Step], result: IntakeResult
-                  ) -> AlertIntake:
-    """Decide a new occurrence under the decision lock; insert it with its decision."""
-    matches: list[RuleMatch | None] = list(policy.matches(alert.labels)) or [None]
+async def _decide(tx: Tx, oid: str, alert: Alert, matches: list[RuleMatch | None],
+                  policy: Policy, now: float, received: dict[str, Any], steps: list[Step],
+                  result: IntakeResult) -> AlertIntake:
+    """Decide a new occurrence (under the decision lock when rails apply); insert it with its
+    decision."""
     decisions: list[TrackDecision] = []
     for match in matches:
         facts = None
