@@ -143,6 +143,9 @@ class Worker:
                 while free < CLAIM_BATCH and not slots.locked():
                     await slots.acquire()
                     free += 1
+                # Busy from before the claim commits: a drain must wait for what it takes.
+                self._busy += free
+                self._idle.clear()
                 try:
                     items = await self.store.run(functools.partial(
                         ops.claim_many, owner=self.config.owner, now=time.time(),
@@ -153,19 +156,23 @@ class Worker:
                     log.error("cannot claim work: %s", exc)
                 for _ in range(free - len(items)):
                     slots.release()
+                self._done(free - len(items))
+                for item in items:
+                    group.create_task(self._process(item, slots))
                 if not items:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._wake.wait(), self.config.poll)
-                    continue
-                for item in items:
-                    self._busy += 1
-                    self._idle.clear()
-                    group.create_task(self._process(item, slots))
+
+    def _done(self, count: int) -> None:
+        self._busy -= count
+        if self._busy == 0:
+            self._idle.set()
 
     async def drain(self, grace: float) -> bool:
         """Stop claiming and give running work `grace` seconds to finish; True if it did."""
         self._stopping = True
         self.wake()
+        log.info("stopping: waiting up to %ss for %s running work item(s)", grace, self._busy)
         try:
             await asyncio.wait_for(self._idle.wait(), grace)
         except TimeoutError:
@@ -209,9 +216,7 @@ class Worker:
             log.exception("work %s failed unexpectedly; left for recovery", item.id)
         finally:
             slots.release()
-            self._busy -= 1
-            if self._busy == 0:
-                self._idle.set()
+            self._done(1)
             self.wake()
 
     async def _heartbeat(self, item: WorkItem) -> None:
