@@ -213,6 +213,42 @@ def bench_bullmq(url: str, queues: int, scrapes: int) -> list[Figures]:
     return out
 
 
+def bench_job_counts(url: str, queues: int, scrapes: int, small_jobs: int) -> list[Figures]:
+    """Ours on these queues against ours on the same queues holding few jobs (Redis db 1),
+    scraped alternately so both see the same load."""
+    small = url.rsplit("/", 1)[0] + "/1"
+    redis_sync.Redis.from_url(small).flushdb()
+    fill_bullmq(small, queues, small_jobs)
+    names = [f"bq{i}" for i in range(queues)]
+    files, ports, argvs = [], [], []
+    for target in (url, small):
+        with tempfile.NamedTemporaryFile("w", suffix=".yml", delete=False) as f:
+            f.write(queues_runbook(target, "bullmq", names))
+        port = free_port()
+        files.append(f.name)
+        ports.append(port)
+        argvs.append([PYTHON, "-m", "exporter", "--runbook", f.name, "--listen",
+                      f"127.0.0.1:{port}", "--collectors", "redis,queues"])
+    try:
+        with running(argvs[0], ports[0]) as big_pid, running(argvs[1], ports[1]) as small_pid:
+            big: list[Figures] = []
+            tiny: list[Figures] = []
+            for _ in range(max(1, scrapes // 10)):
+                big.append(measure("", ports[0], big_pid, 10, warmup=1))
+                tiny.append(measure("", ports[1], small_pid, 10, warmup=1))
+    finally:
+        for name in files:
+            os.unlink(name)
+        redis_sync.Redis.from_url(small).flushdb()
+
+    def joined(name: str, runs: list[Figures]) -> Figures:
+        return Figures(name, statistics.median(r.median_ms for r in runs),
+                       max(r.p99_ms for r in runs), runs[-1].body_bytes, runs[-1].rss_mib)
+
+    return [joined("runbook-exporter, these jobs", big),
+            joined(f"runbook-exporter, {small_jobs:,} jobs (alternating)", tiny)]
+
+
 def bench_celery(url: str, queues: int, scrapes: int) -> list[Figures]:
     names = [f"cq{i}" for i in range(queues)]
     out = [ours(queues_runbook(url, "celery", names), scrapes, "runbook-exporter",
@@ -306,6 +342,11 @@ def main() -> int:
                   f"(filled in {time.monotonic() - started:.0f}s, Redis {used:.0f} MiB); "
                   f"{scrapes} scrapes each")
             report("BullMQ", bench_bullmq(url, queues, scrapes))
+            if jobs > 10 and queues == max(q for q, _ in scales):
+                # 10 jobs in all leaves most queues empty (less to read); 10 per queue does not.
+                for small_jobs in (10, 10 * queues):
+                    report(f"BullMQ: same queues, {jobs:,} jobs vs {small_jobs:,} jobs",
+                           bench_job_counts(url, queues, scrapes, small_jobs))
             report("Celery", bench_celery(url, queues, scrapes))
             report("RQ", bench_rq(url, queues, scrapes))
         report("PostgreSQL", bench_postgres(pg, scrapes))
