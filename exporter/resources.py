@@ -7,12 +7,15 @@ import contextlib
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import aiohttp
-import asyncpg
 from redis.asyncio import Redis
 
 from runbook.schema import RedisTarget, Watch
+
+if TYPE_CHECKING:
+    import asyncpg  # imported where a pool is opened: only runbooks with PostgreSQL pay for it
 
 
 class ConfigError(ValueError):
@@ -84,6 +87,7 @@ async def open_resources(watch: Watch, env: Mapping[str, str] | None = None) -> 
 
 async def open_pool(dsn: str, seconds: float) -> asyncpg.Pool:
     """A small pool; statement_timeout bounds every query on every connection it opens."""
+    import asyncpg
     pool = await asyncpg.create_pool(
         # The server's statement_timeout acts first; command_timeout is the client's backstop.
         dsn, min_size=0, max_size=2, timeout=seconds, command_timeout=seconds + 1.0,

@@ -5,10 +5,9 @@ from __future__ import annotations
 import asyncio
 import os
 from datetime import date, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
-import asyncpg
 from prometheus_client.core import Metric
 from redis.asyncio import Redis
 
@@ -18,6 +17,9 @@ from exporter.collectors.base import Collector, one
 _MILLIS = 1e11
 NAME = "runbook_last_success_timestamp_seconds"
 HELP = "Unix time of the last success (0: never seen)"
+
+if TYPE_CHECKING:
+    import asyncpg  # imported where a pool is opened: only runbooks with PostgreSQL pay for it
 
 
 def to_timestamp(value: Any) -> float:

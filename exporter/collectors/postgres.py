@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import asyncpg
 from prometheus_client.core import Metric
 
 from exporter.collectors.base import Collector, counter, gauge, one
+
+if TYPE_CHECKING:
+    import asyncpg  # imported where a pool is opened: only runbooks with PostgreSQL pay for it
 
 ACTIVITY_SQL = """
 SELECT coalesce(state, 'unknown') AS state, count(*)::float8 AS n
