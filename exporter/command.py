@@ -14,12 +14,12 @@ from runbook.loader import LoadedRunbook, RunbookError, load_runbook
 
 # Just below Prometheus' own 9090 and outside the 9100-9999 range the Prometheus wiki hands
 # out to exporters, so no registered exporter can collide with it.
-DEFAULT_LISTEN = "127.0.0.1:9089"
+DEFAULT_LISTEN = "127.0.0.1:9817"
 
 HELP = "serve the metrics a runbook watches on /metrics (with no runbook: the host and itself)"
 EXAMPLES = (
     "  runbook exporter --runbook runbook.yml\n"
-    "  runbook exporter --runbook runbook.yml --listen 0.0.0.0:9089\n"
+    "  runbook exporter --runbook runbook.yml --listen 0.0.0.0:9817\n"
     "  runbook exporter            # host and exporter metrics only\n"
 )
 
@@ -28,8 +28,8 @@ def parse_listen(text: str) -> tuple[str, int]:
     """HOST:PORT (an IPv6 host in brackets) as host and port."""
     host, sep, port = text.rpartition(":")
     if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT (e.g. 127.0.0.1:9089)")
-    return host.strip("[]") or "0.0.0.0", int(port)  # noqa: S104 - ":9089" means every address
+        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT (e.g. 127.0.0.1:9817)")
+    return host.strip("[]") or "0.0.0.0", int(port)  # noqa: S104 - ":9817" means every address
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

@@ -16,7 +16,7 @@ from tests.servers import free_port, wait_for_port
 
 
 def test_listen_parsing() -> None:
-    assert parse_listen(DEFAULT_LISTEN) == ("127.0.0.1", 9089)
+    assert parse_listen(DEFAULT_LISTEN) == ("127.0.0.1", 9817)
     assert parse_listen("[::1]:9100") == ("::1", 9100)
     assert parse_listen(":9100") == ("0.0.0.0", 9100)
     for bad in ("localhost", "host:http", "host:70000", "host:0"):
