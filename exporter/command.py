@@ -12,8 +12,7 @@ from exporter.collectors import COLLECTORS, Options
 from exporter.resources import ConfigError
 from runbook.loader import LoadedRunbook, RunbookError, load_runbook
 
-# Just below Prometheus' own 9090 and outside the 9100-9999 range the Prometheus wiki hands
-# out to exporters, so no registered exporter can collide with it.
+# The project's pair: exporter 9817, responder 9818 (what `runbook render` and `runbook run` use).
 DEFAULT_LISTEN = "127.0.0.1:9817"
 
 HELP = "serve the metrics a runbook watches on /metrics (with no runbook: the host and itself)"
