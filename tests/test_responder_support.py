@@ -140,7 +140,7 @@ async def incident(client: TestClient[web.Request, web.Application], oid: str
 
 
 async def wait_state(client: TestClient[web.Request, web.Application], oid: str,
-                     *states: str, within: float = 15.0) -> dict[str, Any]:
+                     *states: str, within: float = 30.0) -> dict[str, Any]:
     deadline = time.monotonic() + within
     while True:
         data = await incident(client, oid)
