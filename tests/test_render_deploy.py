@@ -68,14 +68,15 @@ def test_routes_send_page_only_alerts_to_pagers_and_the_responder(amtool: str,
                                                                    rendered: Path) -> None:
     config = rendered / "deploy" / "alertmanager.yml"
     base = {"service": "kitchen-sink", "signal": "x"}
-    # A page rule names ErrorRateHigh: critical goes to PagerDuty+Slack, then the responder.
+    # A page rule names ErrorRateHigh: critical goes to PagerDuty+Slack, then to the responder
+    # through the receiver that tells it Alertmanager has paged already.
     assert routes(amtool, config, {**base, "alertname": "ErrorRateHigh",
                                    "severity": "critical"}) == \
-        ["kitchen-sink-page-critical", "runbook-responder"]
+        ["kitchen-sink-page-critical", "runbook-responder-paged"]
     # No rule for MemoryUsageHigh warning: fail safe, paged (the `default` receiver).
     assert routes(amtool, config, {**base, "alertname": "MemoryUsageHigh",
                                    "severity": "warning"}) == \
-        ["kitchen-sink-page-warning", "runbook-responder"]
+        ["kitchen-sink-page-warning", "runbook-responder-paged"]
     # An auto rule acts on QueueDepthHigh critical: only the responder.
     assert routes(amtool, config, {**base, "alertname": "QueueDepthHigh",
                                    "severity": "critical"}) == ["runbook-responder"]
@@ -103,6 +104,9 @@ def test_responder_webhook_and_secrets_from_files(rendered: Path) -> None:
     hook = receivers["runbook-responder"]["webhook_configs"][0]
     assert hook["url"] == "http://127.0.0.1:9818/alerts"
     assert hook["send_resolved"] is True
+    paged_hook = receivers["runbook-responder-paged"]["webhook_configs"][0]
+    assert paged_hook["url"] == "http://127.0.0.1:9818/alerts?paged=alertmanager"
+    assert paged_hook["http_config"] == hook["http_config"]
     assert hook["http_config"]["authorization"]["credentials_file"] == \
         "/run/secrets/webhook_token"
     assert config["route"]["group_by"] == ["..."]

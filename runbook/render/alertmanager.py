@@ -16,6 +16,10 @@ from runbook.schema import SEVERITIES, Receiver
 from runbook.signals import SIGNALS
 
 RESPONDER = "runbook-responder"
+# Alerts Alertmanager already paged for reach the responder through this receiver, whose URL
+# says so: the responder records them and does not page a second time.
+RESPONDER_PAGED = "runbook-responder-paged"
+PAGED_QUERY = "paged=alertmanager"
 # Labels that tell one alert occurrence of the same alertname apart (for inhibition).
 OCCURRENCE_LABELS = ("alertname", "service", "slo", *sorted(
     {label for s in SIGNALS.values() for label in s.selectable}))
@@ -120,12 +124,11 @@ def _service_route(loaded: LoadedRunbook, receivers: dict[str, dict[str, Any]],
             continue
         name = f"{rb.service}-page-{severity}"
         receivers[name] = {"name": name, **configs}
+        matchers = [f'severity="{severity}"', f'alertname=~"{"|".join(sorted(alertnames))}"']
         routes.append({
-            "receiver": name,
-            "matchers": [f'severity="{severity}"', f'alertname=~"{"|".join(sorted(alertnames))}"'],
-            "group_by": PAGE_GROUP_BY,
-            "continue": True,
+            "receiver": name, "matchers": matchers, "group_by": PAGE_GROUP_BY, "continue": True,
         })
+        routes.append({"receiver": RESPONDER_PAGED, "matchers": matchers})
     routes.append({"receiver": RESPONDER})
     return {"receiver": RESPONDER, "matchers": [f'service="{rb.service}"'], "routes": routes}
 
@@ -133,16 +136,18 @@ def _service_route(loaded: LoadedRunbook, receivers: dict[str, dict[str, Any]],
 def alertmanager_config(runbooks: list[LoadedRunbook], timing: Timing,
                         delivery: Delivery) -> dict[str, Any]:
     """The whole Alertmanager configuration for the runbooks rendered together."""
-    receivers: dict[str, dict[str, Any]] = {RESPONDER: {
-        "name": RESPONDER,
-        "webhook_configs": [{
-            "url": delivery.responder_url,
+    separator = "&" if "?" in delivery.responder_url else "?"
+    receivers: dict[str, dict[str, Any]] = {
+        name: {"name": name, "webhook_configs": [{
+            "url": url,
             "send_resolved": True,
             "max_alerts": 0,
             "http_config": {"authorization": {
                 "type": "Bearer", "credentials_file": delivery.token_file}},
-        }],
-    }}
+        }]}
+        for name, url in ((RESPONDER, delivery.responder_url),
+                          (RESPONDER_PAGED, f"{delivery.responder_url}{separator}{PAGED_QUERY}"))
+    }
     routes = [_service_route(loaded, receivers, delivery) for loaded in runbooks]
     used = [s for s in SEVERITIES
             if any(labels["severity"] == s for lb in runbooks for labels in static_labels(lb))]
