@@ -97,7 +97,10 @@ async def _end_sessions(
              for s in ended]
     lines += [f"FAILED {function}({s['pid']}): {s.get('error', 'no such backend')}" for s in failed]
     status = Status.DRY_RUN if ctx.dry_run else Status.FAILED if failed else Status.OK
-    text = "\n".join(lines) or f"no session {states} older than {older:g}s"
+    # The count comes first: long lists are cut at the output limit, the summary never is.
+    summary = f"{verb}: {len(ended)} session(s) ended, {len(failed)} failed"
+    text = "\n".join([summary, *lines]) if lines else \
+        f"no session {states} older than {older:g}s"
     return outcome(name, status, text, ended=[s["pid"] for s in ended],
                    failed=[s["pid"] for s in failed])
 
