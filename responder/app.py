@@ -135,13 +135,18 @@ async def post_alerts(request: web.Request) -> web.Response:
         metrics.notifications.labels(status if status in ("firing", "resolved") else "unknown",
                                      "invalid").inc()
         return _error(400, f"not an Alertmanager webhook (version 4): {_validation_reason(exc)}")
+    paged_by = request.query.get("paged")
+    if paged_by not in (None, "alertmanager"):
+        metrics.notifications.labels(note.status, "invalid").inc()
+        return _error(400, "the query parameter paged can only be 'alertmanager'")
     policy = request.app[POLICY]
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:  # UTF-16/32 JSON: keep it as UTF-8 JSON text
         text = json.dumps(body)
     try:
-        result = await request.app[STORE].run(lambda tx: intake(tx, note, text, policy, now))
+        result = await request.app[STORE].run(
+            lambda tx: intake(tx, note, text, policy, now, paged_by))
     except StoreError as exc:
         metrics.store_errors.labels("intake").inc()
         metrics.notifications.labels(note.status, "store_error").inc()

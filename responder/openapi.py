@@ -82,6 +82,11 @@ def openapi_document() -> dict[str, Any]:
             "/alerts": {"post": {
                 "summary": "Receive an Alertmanager webhook (version 4); 200 only once recorded",
                 "security": _SECURE, "requestBody": {"required": True, **_json("Notification")},
+                "parameters": [{
+                    "name": "paged", "in": "query", "required": False,
+                    "description": "alertmanager: Alertmanager's route paged these alerts "
+                                   "already; a decision to page is recorded, not sent again",
+                    "schema": {"type": "string", "enum": ["alertmanager"]}}],
                 "responses": {"200": _resp("recorded", "Intake"),
                               **_errors(400, 401, 413, 415, 503)}}},
             "/incidents": {"get": {

@@ -131,12 +131,16 @@ class Worker:
         """Claim and run work until cancelled."""
         slots = asyncio.Semaphore(self.config.concurrency)
         async with asyncio.TaskGroup() as group:
-            group.create_task(self._recover_loop())
+            recover = group.create_task(self._recover_loop())
             while True:
                 await slots.acquire()
                 if self._stopping:
+                    # Claim nothing more; the task group waits for the work already running.
+                    # Returning (not waiting to be cancelled) matters: on Python 3.11 a cancel
+                    # that lands as a wait completes can be lost, and shutdown would hang.
                     slots.release()
-                    await asyncio.Event().wait()  # until cancelled; claim nothing more
+                    recover.cancel()
+                    return
                 self._wake.clear()
                 # One slot is ours; take as many more as are free for one batched claim.
                 free = 1
@@ -160,8 +164,10 @@ class Worker:
                 for item in items:
                     group.create_task(self._process(item, slots))
                 if not items:
+                    # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancel.
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), self.config.poll)
+                        async with asyncio.timeout(self.config.poll):
+                            await self._wake.wait()
 
     def _done(self, count: int) -> None:
         self._busy -= count

@@ -206,3 +206,53 @@ async def test_max_attempts_reruns_before_escalating(store: Store, tmp_path: Pat
         assert page["occurrence_id"] == oid()
         assert [t["action"] for t in page["tried"]] == ["exec", "exec"]
         assert "after 2 remediation attempt(s)" in page["message"]
+
+
+async def test_alertmanager_paged_alert_is_recorded_not_paged_again(store: Store,
+                                                                     tmp_path: Path) -> None:
+    async with page_sink() as (sink, url), \
+            responder(load(auto_rule(tmp_path / "x"), url), store) as client:
+        response = await client.post(
+            "/alerts?paged=alertmanager", data=json.dumps(body(alert(
+                fingerprint="paged", alertname="DiskFull"))),
+            headers={"Content-Type": "application/json", **AUTH})
+        assert response.status == 200, await response.text()
+        data = await wait_state(client, oid("paged"), "paged")
+        steps = data["steps"]
+        assert steps[0]["kind"] == "received"
+        assert steps[0]["detail"]["paged_by"] == "alertmanager"
+        paged = next(s for s in steps if s["kind"] == "paged")
+        assert paged["detail"]["by"] == "alertmanager"
+        assert "no respond rule matches" in paged["detail"]["reason"]
+        await asyncio.sleep(0.5)
+        assert sink.received == [], "Alertmanager paged already: no second page"
+        await post(client, body(alert(fingerprint="paged", alertname="DiskFull",
+                                      status="resolved")))
+        data = await wait_state(client, oid("paged"), "resolved")
+        await asyncio.sleep(0.3)
+        assert "page_resolved" not in kinds(await incident(client, oid("paged")))
+        assert sink.received == []
+
+
+async def test_paged_marker_does_not_silence_a_rail_page(store: Store, tmp_path: Path) -> None:
+    # A rail (here the maintenance window) turns an action into the responder's own page: sent
+    # even when the notification came through the route that paged.
+    window = ("maintenance:\n  - {name: all-day, weekly: {days: [mon, tue, wed, thu, fri, sat, "
+              "sun], start: '00:00', end: '00:00'}}\n")
+    async with page_sink() as (sink, url), \
+            responder(load(auto_rule(tmp_path / "x"), url, extra=window), store) as client:
+        response = await client.post(
+            "/alerts?paged=alertmanager", data=json.dumps(body()),
+            headers={"Content-Type": "application/json", **AUTH})
+        assert response.status == 200
+        await wait_state(client, oid(), "paged")
+        assert len(sink.received) == 1
+
+
+async def test_unknown_paged_value_is_refused(store: Store, tmp_path: Path) -> None:
+    async with page_sink() as (_sink, url), \
+            responder(load(auto_rule(tmp_path / "x"), url), store) as client:
+        response = await client.post("/alerts?paged=someone", data=json.dumps(body()),
+                                     headers={"Content-Type": "application/json", **AUTH})
+        assert response.status == 400
+        assert "paged" in (await response.json())["error"]

@@ -30,8 +30,13 @@ _END = {"paged", "escalated", "page_failed"}
 Step = tuple[str, str, dict[str, Any]]
 
 
-async def intake(tx: Tx, note: Notification, body: str, policy: Policy, now: float) -> IntakeResult:
-    """Record one notification and everything it decides, in the caller's transaction."""
+async def intake(tx: Tx, note: Notification, body: str, policy: Policy, now: float,
+                 paged_by: str | None = None) -> IntakeResult:
+    """Record one notification and everything it decides, in the caller's transaction.
+
+    `paged_by` names who already paged a human for these alerts (Alertmanager's paging route):
+    a decision to page is then recorded as done, not sent a second time.
+    """
     row = await tx.fetchone(
         "INSERT INTO notifications (received_at, receiver, status, group_key, alerts, "
         "truncated_alerts, body) VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
@@ -41,6 +46,8 @@ async def intake(tx: Tx, note: Notification, body: str, policy: Policy, now: flo
     result = IntakeResult(int(row["id"]))
     received: dict[str, Any] = {"notification": result.notification_id,
                                 "receiver": note.receiver, "group_key": note.group_key}
+    if paged_by:
+        received["paged_by"] = paged_by
     if note.truncated_alerts:
         received["truncated_alerts"] = note.truncated_alerts
         received["warning"] = (f"Alertmanager left {note.truncated_alerts} alerts out of this "
@@ -77,7 +84,7 @@ async def intake(tx: Tx, note: Notification, body: str, policy: Policy, now: flo
     for oid, alert, matches in matched:
         detail = {**received, "status": alert.status}
         result.alerts.append(await _decide(tx, oid, alert, matches, policy, now, detail, steps,
-                                           result))
+                                           result, paged_by))
     await add_steps(tx, steps, now)
     return result
 
@@ -170,7 +177,7 @@ async def record_run(tx: Tx, rule: str, target: str, oid: str, now: float) -> No
 
 async def _decide(tx: Tx, oid: str, alert: Alert, matches: list[RuleMatch | None],
                   policy: Policy, now: float, received: dict[str, Any], steps: list[Step],
-                  result: IntakeResult) -> AlertIntake:
+                  result: IntakeResult, paged_by: str | None = None) -> AlertIntake:
     """Decide a new occurrence (under the decision lock when rails apply); insert it with its
     decision."""
     decisions: list[TrackDecision] = []
@@ -180,8 +187,12 @@ async def _decide(tx: Tx, oid: str, alert: Alert, matches: list[RuleMatch | None
             assert match is not None
             facts = await rail_facts(tx, policy, match, target_key(alert.labels), now)
         decisions.append(policy.decide(match, alert.labels, facts, now))
-    outcomes = {d.outcome for d in decisions}
-    state = next(s for s in ("queued", "awaiting_approval", "paging") if s in outcomes)
+    # A page Alertmanager has sent already (a page rule, or no rule) is not sent again; a page
+    # that a rail turned an action into is the responder's own and is still sent.
+    already = [paged_by is not None and d.outcome == "paging"
+               and not any(c.hit for c in d.rails) for d in decisions]
+    outcomes = {d.outcome for d, done in zip(decisions, already, strict=True) if not done}
+    state = next((s for s in ("queued", "awaiting_approval", "paging") if s in outcomes), "paged")
     if not await _insert(tx, oid, alert, state, [d.as_json() for d in decisions], now):
         # Another transaction decided it between our look and the lock.
         steps.append((oid, "deduplicated", received))
@@ -191,6 +202,12 @@ async def _decide(tx: Tx, oid: str, alert: Alert, matches: list[RuleMatch | None
                   if matches[0] is not None else {"rules": [], "reason": "no rule matches"}))
     row = AlertIntake(oid, "new")
     for track, decision in enumerate(decisions):
+        if already[track]:
+            steps.append((oid, "paged", {
+                "rule": decision.rule_key, "track": track, "by": paged_by,
+                "reason": f"{decision.reason}; {paged_by} paged the receivers already"}))
+            row.decisions.append("paged")
+            continue
         for check in decision.rails:
             steps.append((oid, "rail", {"rule": decision.rule_key, **check.as_json()}))
             if check.hit:
