@@ -132,17 +132,19 @@ def test_remediation_that_does_not_help_pages_then_resolves(
 def test_page_mode_alert_pages_without_acting(loop: tuple[Loop, Sink, str]) -> None:
     running, sink, _ = loop
     incident = _one(running, "ReportsBacklogHigh", "paged")
-    assert [s["detail"]["action"] for s in steps(incident, "action_started")] == ["page"]
+    # The rendered route pages a page-mode alert itself and tells the responder so: nothing
+    # runs, not even a second page; the audit says who paged.
+    assert steps(incident, "action_started") == []
     assert incident["decision"][0]["outcome"] == "paging"
     assert "says page" in incident["decision"][0]["reason"]
-    triggers = running.wait("the page", lambda: [
-        t for t in _triggers(sink, "ReportsBacklogHigh") if t["dedup_key"] == incident["id"]], 10)
-    assert triggers[0]["payload"]["custom_details"]["tried"] == []
+    assert steps(incident, "received")[0]["detail"]["paged_by"] == "alertmanager"
+    assert steps(incident, "paged")[0]["detail"]["by"] == "alertmanager"
+    running.wait("the page", lambda: _triggers(sink, "ReportsBacklogHigh"), 10)
 
 
 def test_page_mode_alert_pages_the_human_once(loop: tuple[Loop, Sink, str]) -> None:
-    """The rendered route sends page-only alerts straight to PagerDuty, and the responder's
-    page-mode rule pages as well: the on-call gets two incidents for one alert."""
+    """The rendered route sends page-only alerts straight to PagerDuty; the responder, told so,
+    does not page a second time: the on-call gets one incident for one alert."""
     running, sink, _ = loop
     _one(running, "ReportsBacklogHigh", "paged")
     running.wait("a page", lambda: _triggers(sink, "ReportsBacklogHigh"), 10)
