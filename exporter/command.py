@@ -10,6 +10,7 @@ from aiohttp import web
 from exporter.app import build_app
 from exporter.collectors import COLLECTORS, Options
 from exporter.resources import ConfigError
+from runbook import logs
 from runbook.loader import LoadedRunbook, RunbookError, load_runbook
 
 # The project's pair: exporter 9817, responder 9818 (what `runbook render` and `runbook run` use).
@@ -40,6 +41,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              + ", ".join(COLLECTORS) + ")")
     parser.add_argument("--state-dir", metavar="DIR",
                         help="where log followers keep their positions across restarts")
+    logs.add_arguments(parser)
     parser.add_argument("--proc-root", default="/proc", metavar="DIR", help=argparse.SUPPRESS)
     parser.add_argument("--cgroup-root", default="/sys/fs/cgroup", metavar="DIR",
                         help=argparse.SUPPRESS)
@@ -54,6 +56,8 @@ def run(args: argparse.Namespace) -> int:
             for error in exc.errors:
                 print(error, file=sys.stderr)
             return 1
+    logs.setup(args.log_level, args.log_format,
+               logs.secret_values(loaded.runbook if loaded else None))
     names = [n.strip() for n in args.collectors.split(",") if n.strip()] \
         if args.collectors else None
     options = Options(proc_root=args.proc_root, cgroup_root=args.cgroup_root,

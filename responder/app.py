@@ -160,6 +160,11 @@ async def post_alerts(request: web.Request) -> web.Response:
         metrics.alerts.labels(alert.status).inc()
         for outcome in alert.decisions:
             metrics.decisions.labels(outcome).inc()
+        if alert.status == "new":
+            # One line per decision, keyed by the occurrence (labels stay in the audit trail).
+            log.info("occurrence %s decided: %s", alert.occurrence_id, ", ".join(alert.decisions),
+                     extra={"occurrence": alert.occurrence_id, "decision": alert.decisions,
+                            "notification": result.notification_id})
     for rail in result.rail_hits:
         metrics.rail_hits.labels(rail).inc()
     metrics.intake_seconds.observe(time.perf_counter() - started)

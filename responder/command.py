@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from pathlib import Path
@@ -12,6 +11,7 @@ from aiohttp import web
 
 from responder.app import Settings, build_app
 from responder.store import StoreError, open_store
+from runbook import logs
 from runbook.loader import RunbookError, load_runbook
 from runbook.units import parse_duration
 
@@ -44,8 +44,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--retention", type=parse_duration, default="30d", metavar="DURATION",
                         help="keep ended incidents and notification bodies this long "
                              "(default 30d; 0s keeps them forever)")
-    parser.add_argument("--log-level", default="INFO",
-                        choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    logs.add_arguments(parser)
 
 
 def read_token(token_file: str | None) -> str:
@@ -64,8 +63,7 @@ def parse_listen(text: str) -> tuple[str, int]:
 
 
 def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=args.log_level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.setup(args.log_level, args.log_format)
     try:
         loaded = load_runbook(args.runbook)
     except RunbookError as exc:
@@ -83,6 +81,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"runbook responder: no webhook token: set {TOKEN_ENV} or pass --token-file",
               file=sys.stderr)
         return 2
+    logs.setup(args.log_level, args.log_format,
+               logs.secret_values(loaded.runbook, token, args.store or "", args.redis or ""))
     settings = Settings(token=token, lease=args.lease, public_url=args.public_url,
                         redis_url=args.redis, retention=args.retention)
     app = build_app(loaded, store, settings)

@@ -5,11 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import re
 import sys
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any, TextIO
+
+from pydantic import BaseModel
 
 FORMATS = ("text", "json", "logfmt")
 MASK = "<redacted>"
@@ -103,6 +106,27 @@ class TextFormatter(logging.Formatter):
         tail = " ".join(f"{k}={_logfmt_value(v)}" for k, v in fields.items())
         line = f"{head} {tail}".rstrip()
         return f"{line}\n{error}" if error else line
+
+
+def secret_values(runbook: BaseModel | None, *extra: str) -> list[str]:
+    """The values of every env var a runbook names as a secret (`*_env` keys), plus `extra`."""
+    names: list[str] = []
+
+    def walk(value: Any, key: str = "") -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(v, str(k))
+                if key == "headers_env" and isinstance(v, str):
+                    names.append(v)
+        elif isinstance(value, list):
+            for item in value:
+                walk(item, key)
+        elif isinstance(value, str) and key.endswith("_env"):
+            names.append(value)
+
+    if runbook is not None:
+        walk(runbook.model_dump(mode="json", by_alias=True))
+    return [v for v in (*(os.environ.get(n, "") for n in names), *extra) if v]
 
 
 def setup(level: str = "INFO", fmt: str = "text", secrets: Iterable[str] = (),

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 import secrets
 import signal
@@ -20,6 +19,7 @@ from exporter.resources import ConfigError
 from responder import app as responder_app
 from responder.command import TOKEN_ENV, read_token
 from responder.store import StoreError, open_store
+from runbook import logs
 from runbook.loader import LoadedRunbook, RunbookError, load_runbook
 
 DEFAULT_RUNBOOK = Path(__file__).resolve().parents[1] / "default_runbook.yml"
@@ -65,8 +65,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              "(default: SQLite in --data-dir)")
     parser.add_argument("--public-url", default="", metavar="URL",
                         help="the responder's URL as humans reach it (links in pages)")
-    parser.add_argument("--log-level", default="INFO",
-                        choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    logs.add_arguments(parser)
 
 
 def ensure_token(data_dir: Path) -> tuple[str, Path, bool]:
@@ -128,8 +127,7 @@ def _load(path: str | None) -> LoadedRunbook | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=args.log_level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.setup(args.log_level, args.log_format)
     loaded = _load(args.runbook)
     if loaded is None:
         return 1
@@ -143,6 +141,8 @@ def run(args: argparse.Namespace) -> int:
             what = "generated a webhook token in" if created else "webhook token from"
             print(f"runbook run: {what} {path} (mode 0600): give Alertmanager that file as "
                   "the responder receiver's credentials_file", file=sys.stderr, flush=True)
+        logs.setup(args.log_level, args.log_format,
+                   logs.secret_values(loaded.runbook, token, args.store or ""))
         data_dir.mkdir(parents=True, exist_ok=True)
         store = open_store(args.store, data_dir)
         exporter = exporter_app.build_app(loaded, options=Options(state_dir=str(data_dir)))
