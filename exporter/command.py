@@ -11,7 +11,7 @@ from exporter.app import build_app
 from exporter.collectors import COLLECTORS, Options
 from exporter.resources import ConfigError
 from runbook import logs
-from runbook.loader import LoadedRunbook, RunbookError, load_runbook
+from runbook.loader import LoadedRunbook, load_or_report
 
 # The project's pair: exporter 9817, responder 9818 (what `runbook render` and `runbook run` use).
 DEFAULT_LISTEN = "127.0.0.1:9817"
@@ -50,11 +50,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     loaded: LoadedRunbook | None = None
     if args.runbook:
-        try:
-            loaded = load_runbook(args.runbook)
-        except RunbookError as exc:
-            for error in exc.errors:
-                print(error, file=sys.stderr)
+        loaded = load_or_report(args.runbook)
+        if loaded is None:
             return 1
     logs.setup(args.log_level, args.log_format,
                logs.secret_values(loaded.runbook if loaded else None))

@@ -12,7 +12,7 @@ from aiohttp import web
 from responder.app import Settings, build_app
 from responder.store import StoreError, open_store
 from runbook import logs
-from runbook.loader import RunbookError, load_runbook
+from runbook.loader import load_or_report
 from runbook.units import parse_duration
 
 HELP = "receive Alertmanager webhooks and run the runbook's responses within its safety rails"
@@ -64,11 +64,8 @@ def parse_listen(text: str) -> tuple[str, int]:
 
 def run(args: argparse.Namespace) -> int:
     logs.setup(args.log_level, args.log_format)
-    try:
-        loaded = load_runbook(args.runbook)
-    except RunbookError as exc:
-        for error in exc.errors:
-            print(error, file=sys.stderr)
+    loaded = load_or_report(args.runbook)
+    if loaded is None:
         return 2
     try:
         token = read_token(args.token_file)

@@ -20,7 +20,7 @@ from responder.store import open_store
 from responder.store.base import Store, Tx
 from responder.store.intake import rail_facts
 from runbook.actions import ExecParams, HttpParams
-from runbook.loader import LoadedRunbook, RunbookError, load_runbook
+from runbook.loader import LoadedRunbook, load_or_report
 from runbook.schema import step_action
 
 HELP = "say what the responder would do with an alert: rule, mode, rails now, exact actions"
@@ -159,11 +159,8 @@ async def _explain(loaded: LoadedRunbook, alerts: list[dict[str, str]], store_ur
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        loaded = load_runbook(args.runbook)
-    except RunbookError as exc:
-        for error in exc.errors:
-            print(error, file=sys.stderr)
+    loaded = load_or_report(args.runbook)
+    if loaded is None:
         return 2
     try:
         alerts = read_alerts(Path(args.alert).read_text(encoding="utf-8"))

@@ -25,7 +25,7 @@ from responder.store.base import IntakeResult
 from responder.store.intake import intake
 from responder.store.queries import get_incident
 from responder.store.sqlite import SqliteStore
-from runbook.loader import LoadedRunbook, RunbookError, load_runbook
+from runbook.loader import LoadedRunbook, load_or_report
 
 HELP = "run recorded webhook bodies through matching and rails (dry run) and say what would happen"
 EXAMPLES = "  runbook replay last-week.jsonl --runbook runbook.yml\n"
@@ -112,11 +112,8 @@ def _describe(item: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        loaded = load_runbook(args.runbook)
-    except RunbookError as exc:
-        for error in exc.errors:
-            print(error, file=sys.stderr)
+    loaded = load_or_report(args.runbook)
+    if loaded is None:
         return 2
     try:
         lines = Path(args.file).read_text(encoding="utf-8").splitlines()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import types
 import typing
 from collections.abc import Iterator
@@ -54,6 +55,16 @@ def load_runbook(path: str | FilePath) -> LoadedRunbook:
     except (OSError, UnicodeDecodeError) as exc:
         raise RunbookError([SourceError(name, 1, "", f"cannot read the file: {exc}")]) from exc
     return load_text(text, name)
+
+
+def load_or_report(path: str | FilePath) -> LoadedRunbook | None:
+    """Load a runbook for a command: on errors print each to stderr and return None."""
+    try:
+        return load_runbook(path)
+    except RunbookError as exc:
+        for error in exc.errors:
+            print(error, file=sys.stderr)
+        return None
 
 
 def load_text(text: str, file: str = "<runbook>") -> LoadedRunbook:

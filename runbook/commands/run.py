@@ -20,7 +20,7 @@ from responder import app as responder_app
 from responder.command import TOKEN_ENV, read_token
 from responder.store import StoreError, open_store
 from runbook import logs
-from runbook.loader import LoadedRunbook, RunbookError, load_runbook
+from runbook.loader import LoadedRunbook, load_or_report
 
 DEFAULT_RUNBOOK = Path(__file__).resolve().parents[1] / "default_runbook.yml"
 EXPORTER_LISTEN = "127.0.0.1:9817"
@@ -118,12 +118,7 @@ async def serve(sites: list[Site], ready: str) -> None:
 
 
 def _load(path: str | None) -> LoadedRunbook | None:
-    try:
-        return load_runbook(path or DEFAULT_RUNBOOK)
-    except RunbookError as exc:
-        for error in exc.errors:
-            print(error, file=sys.stderr)
-        return None
+    return load_or_report(path or DEFAULT_RUNBOOK)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from runbook.alerting import ResolvedAlert
-from runbook.loader import LoadedRunbook, RunbookError, load_runbook
+from runbook.loader import LoadedRunbook, load_or_report
 from runbook.matchers import match_all
 from runbook.schema import step_action
 from runbook.signals import Unit
@@ -62,11 +61,8 @@ def render_table(loaded: LoadedRunbook) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        loaded = load_runbook(args.file)
-    except RunbookError as exc:
-        for error in exc.errors:
-            print(error, file=sys.stderr)
+    loaded = load_or_report(args.file)
+    if loaded is None:
         return 1
     print(render_table(loaded))
     return 0
