@@ -5,9 +5,11 @@ with the reason, never run twice."""
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,7 @@ import aiohttp
 import pytest
 
 from tests.fault_support import (
+    AUTH,
     alert,
     children_of,
     exec_rule,
@@ -79,9 +82,33 @@ async def _kill_during(url: str, pid: int, new: list[dict[str, Any]],
         inflight.discard(key)
         statuses[key] = status
 
+    async def slow(session: aiohttp.ClientSession, item: dict[str, Any], delay: float) -> None:
+        # Half a body, then a pause: this request is surely in intake when the kill lands.
+        await asyncio.sleep(delay)
+        key = item["labels"]["instance"]
+        data = json.dumps(notification(item)).encode()
+
+        async def halves() -> AsyncIterator[bytes]:
+            yield data[: len(data) // 2]
+            await asyncio.sleep(5)
+            yield data[len(data) // 2:]
+
+        inflight.add(key)
+        try:
+            async with session.post(f"{url}/alerts", data=halves(), headers=AUTH,
+                                    timeout=aiohttp.ClientTimeout(total=10)) as response:
+                statuses[key] = response.status
+        except (aiohttp.ClientError, OSError, TimeoutError):
+            statuses[key] = 0
+        finally:
+            inflight.discard(key)
+
     async with aiohttp.ClientSession() as session:
-        tasks = asyncio.gather(*(one(session, item, rng.uniform(0, 0.9))
-                                 for item in new + resend))
+        quick = new + resend if target == "action" else new[:-1] + resend
+        posts = [one(session, item, rng.uniform(0, 0.9)) for item in quick]
+        if target == "intake":
+            posts.append(slow(session, new[-1], kill_at))
+        tasks = asyncio.gather(*posts)
         await asyncio.sleep(kill_at)
         # Even trials aim at intake (a request in flight), odd ones at an action (its process
         # running): from the seeded moment on, kill as soon as the aim is met (or 2 s later).
