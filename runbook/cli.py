@@ -48,8 +48,12 @@ def _load(name: str) -> Command | None:
     return cast(Command, command)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The parser with every available subcommand."""
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The parser with every available subcommand, or with `only` that one.
+
+    Loading one subcommand keeps start-up lean: `runbook exporter` never imports the
+    dashboard SDK that `runbook render` needs.
+    """
     parser = argparse.ArgumentParser(
         prog="runbook",
         description="Make an operations runbook run itself.",
@@ -57,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
+        if only is not None and name != only:
+            continue
         command = _load(name)
         if command is None:
             continue
@@ -74,7 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `runbook` console script."""
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    only = argv[0] if argv and argv[0] in COMMANDS else None
+    args = build_parser(only).parse_args(argv)
     command = cast(Command, args._command)
     try:
         return command.run(args)
