@@ -214,7 +214,7 @@ def _check_step(step: BaseModel, path: Path, redis: set[str], pg: set[str]) -> I
         if isinstance(value, str) and value not in known:
             yield (*path, name, field_name), _unknown_target(value, known, section)
     for arg_index, arg in enumerate(getattr(params, "argv", [])):
-        if "{{" in arg and not PLACEHOLDER.fullmatch(arg.strip()) and not PLACEHOLDER.search(arg):
+        if "{{" in arg and not PLACEHOLDER.search(arg):
             yield (*path, name, "argv", arg_index), (
                 "a placeholder is written {{ labels.NAME }}")
 
