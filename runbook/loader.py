@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import sys
 import types
 import typing
@@ -81,7 +82,8 @@ def load_text(text: str, file: str = "<runbook>") -> LoadedRunbook:
     except ValidationError as exc:
         errors.extend(_pydantic_errors(exc, source))
         errors.extend(_alert_errors(source))
-        raise RunbookError(_sorted(errors)) from None
+        errors.extend(_pruned_cross_check(source, exc))
+        raise RunbookError(_sorted(_unique(errors))) from None
     loaded, problems = _cross_check(runbook)
     written = [(_as_written(source.data, p), r) for p, r in problems]
     errors.extend(SourceError(file, source.line_of(p), format_path(p), r) for p, r in written)
@@ -89,6 +91,90 @@ def load_text(text: str, file: str = "<runbook>") -> LoadedRunbook:
         raise RunbookError(_sorted(errors))
     assert loaded is not None
     return LoadedRunbook(file, runbook, *loaded)
+
+
+def _unique(errors: list[SourceError]) -> list[SourceError]:
+    return list(dict.fromkeys(errors))
+
+
+# Cross-check problems that a pruned entry could cause by its absence alone.
+_ABSENCE = ("no alert in this runbook is named", "is not a target defined under")
+
+
+def _pruned_cross_check(source: Source, exc: ValidationError) -> list[SourceError]:
+    """Cross-check what is well-formed, so one run shows those problems too.
+
+    The entries with schema errors (an alert, a respond rule, a watch target...) are left out
+    and the rest is validated again; if that passes, its cross-checks are reported, except
+    those the left-out entries could cause just by being absent.
+    """
+    data = copy.deepcopy(source.data)
+    pruned: set[str] = set()
+    removed: dict[tuple[Any, ...], set[int]] = {}
+    # Last first, so removing a list item never shifts another one still to remove.
+    for loc in sorted({_entry(e["loc"]) for e in exc.errors()}, key=_loc_key, reverse=True):
+        if loc is None or not _remove(data, loc):
+            return []
+        pruned.add(str(loc[0]))
+        if isinstance(loc[-1], int):
+            removed.setdefault(loc[:-1], set()).add(loc[-1])
+    try:
+        runbook = Runbook.model_validate(data)
+    except ValidationError:
+        return []
+    _, problems = _cross_check(runbook)
+    out = []
+    for path, reason in problems:
+        if pruned & {"alerts", "slos", "watch"} and any(a in reason for a in _ABSENCE):
+            continue
+        path = _as_written(source.data, _original(path, removed))
+        out.append(SourceError(source.file, source.line_of(path), format_path(path), reason))
+    return out
+
+
+def _original(path: Path, removed: dict[tuple[Any, ...], set[int]]) -> Path:
+    """A path in the pruned data as the same entry's path in the file."""
+    out: list[str | int] = []
+    for part in path:
+        gone = removed.get(tuple(out), set())
+        if isinstance(part, int) and gone:
+            index = -1
+            for _ in range(part + 1):
+                index += 1
+                while index in gone:
+                    index += 1
+            part = index
+        out.append(part)
+    return tuple(out)
+
+
+def _entry(loc: tuple[Any, ...]) -> tuple[Any, ...] | None:
+    """The removable entry holding an error: an alert, a respond rule, a watch target..."""
+    depth = 3 if loc[:1] == ("watch",) and len(loc) >= 3 and isinstance(loc[2], int) else 2
+    if len(loc) < depth or loc[0] in ("service",):
+        return None
+    return tuple(loc[:depth])
+
+
+def _loc_key(loc: tuple[Any, ...] | None) -> tuple[str, ...]:
+    return tuple(f"{p:09d}" if isinstance(p, int) else str(p) for p in loc or ())
+
+
+def _remove(data: Any, loc: tuple[Any, ...]) -> bool:
+    parent = data
+    for part in loc[:-1]:
+        try:
+            parent = parent[part]
+        except (KeyError, IndexError, TypeError):
+            return False
+    last = loc[-1]
+    if isinstance(parent, dict) and last in parent:
+        del parent[last]
+        return True
+    if isinstance(parent, list) and isinstance(last, int) and 0 <= last < len(parent):
+        del parent[last]
+        return True
+    return False
 
 
 def _alert_errors(source: Source) -> list[SourceError]:

@@ -591,3 +591,42 @@ def test_bad_placeholder_in_exec_argv(tmp_path: Path) -> None:
         """,
           (7, "respond[0].do[0].exec[1]", ("{{ labels.NAME }}",)),
           (9, "respond[0].do[1].exec.argv[1]", ("{{ labels.NAME }}",)))
+
+
+def test_cross_checks_are_reported_with_schema_errors_in_one_run(tmp_path: Path) -> None:
+    # A schema error (respond[1].cooldown) does not hide the cross-check problems of the
+    # well-formed rules around it, reported at their own lines and indexes.
+    check(tmp_path, """
+        service: demo
+        watch:
+          redis:
+            - {name: main, url: "redis://127.0.0.1:6379/0", queues: {bullmq: [scrape]}}
+        alerts:
+          queue_depth: {warning: 50, critical: 100, for: 10m}
+        respond:
+          - match: {alertname: QueueDepthHihg}
+            mode: page
+          - match: {alertname: QueueDepthHigh}
+            mode: auto
+            cooldown: 10 minutes
+            do: [{bullmq_resume: {redis: main, queue: scrape}}]
+          - match: {alertname: QueueDepthHigh}
+            mode: auto
+            do: [{bullmq_resume: {redis: mian, queue: scrape}}]
+        """,
+          (8, "respond[0].match.alertname", ("QueueDepthHihg", "did you mean QueueDepthHigh")),
+          (12, "respond[1].cooldown", ("10 minutes", "not a duration")),
+          (16, "respond[2].do[0].bullmq_resume.redis", ("mian", "did you mean main")))
+
+
+def test_a_broken_alert_does_not_make_rules_naming_it_look_wrong(tmp_path: Path) -> None:
+    # The alert has a schema error; the rule naming it is not reported as naming no alert.
+    check(tmp_path, """
+        service: demo
+        alerts:
+          memory_usage: {warning: 70%, critical: 85%, for: 5m, colour: red}
+        respond:
+          - match: {alertname: MemoryUsageHigh}
+            mode: page
+        """,
+          (3, "alerts.memory_usage.colour", ("unknown key",)))
