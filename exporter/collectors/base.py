@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterable, Sequence
-from typing import ClassVar
+import asyncio
+import contextlib
+from collections.abc import Coroutine, Iterable, Sequence
+from typing import Any, ClassVar
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -107,3 +109,20 @@ class RowFamily(Metric):
     def add(self, values: tuple[str, ...], value: float) -> None:
         """One sample: label values in labelnames order, and its value."""
         self.rows.append((values, value))
+
+
+class BackgroundTask:
+    """One background task owned by a collector: started with it, cancelled and awaited on close."""
+
+    def __init__(self) -> None:
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self, work: Coroutine[Any, Any, None], name: str) -> None:
+        self._task = asyncio.create_task(work, name=name)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import time
 from bisect import bisect_left
@@ -14,7 +13,7 @@ from typing import Any
 import aiohttp
 from prometheus_client.core import HistogramMetricFamily, Metric
 
-from exporter.collectors.base import Collector, counter, gauge
+from exporter.collectors.base import BackgroundTask, Collector, counter, gauge
 
 # Prometheus client defaults; the runbook's latency thresholds are added to them exactly.
 DEFAULT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5,
@@ -81,17 +80,13 @@ class HttpProbeCollector(Collector):
         self.expect_status = tuple(expect_status)
         self.expect_json = expect_json
         self.state = ProbeState(buckets)
-        self._task: asyncio.Task[None] | None = None
+        self._background = BackgroundTask()
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._loop(), name=f"probe-{self.target}")
+        self._background.start(self._loop(), f"probe-{self.target}")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._background.stop()
 
     async def _loop(self) -> None:
         while True:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import re
@@ -13,7 +12,7 @@ from typing import BinaryIO
 
 from prometheus_client.core import Metric
 
-from exporter.collectors.base import Collector, counter
+from exporter.collectors.base import BackgroundTask, Collector, counter
 
 READ_CHUNK = 1 << 20
 
@@ -145,18 +144,14 @@ class LogCollector(Collector):
             state = Path(state_dir) / f"logs-{target}.json"
         self.follower = LogFollower(path, patterns, state)
         self.interval = interval
-        self._task: asyncio.Task[None] | None = None
+        self._background = BackgroundTask()
 
     async def start(self) -> None:
         self.follower.open_at_start()
-        self._task = asyncio.create_task(self._loop(), name=f"logs-{self.target}")
+        self._background.start(self._loop(), f"logs-{self.target}")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._background.stop()
         self.follower.close()
 
     async def _loop(self) -> None:
