@@ -60,6 +60,8 @@ def render_prometheus_client(families: Sequence[Metric]) -> bytes:
 
 
 _SUFFIX = {"counter": "_total", "info": "_info"}
+# Most samples of a big scrape are empty queues' zeros and flags.
+_VALUE_TEXT = {0.0: "0.0\n", 1.0: "1.0\n"}
 _TYPE = {"info": "gauge", "stateset": "gauge", "gaugehistogram": "histogram", "unknown": "untyped"}
 
 
@@ -74,16 +76,26 @@ def _label_value(text: str) -> str:
 
 
 def _rows(family: RowFamily, append: Callable[[str], None]) -> None:
-    rows = family.rows
     inner = ",".join(f'{k}="%s"' for k in family.labelnames)
-    template = f"{family.name}{{{inner}}} %s\n" if inner else f"{family.name} %s\n"
-    raw = "".join(v for values, _ in rows for v in values)
-    escape = "\\" in raw or '"' in raw or "\n" in raw
-    for values, v in rows:
-        text = repr(v) if v - v == 0 else _special(v)
-        if escape:
-            values = tuple(_label_value(x) for x in values)
-        append(template % (*values, text))
+    template = f"{family.name}{{{inner}}} " if inner else f"{family.name} "
+    heads, groups = family.memo.heads, family.memo.groups
+
+    def line(values: tuple[str, ...], v: float) -> str:
+        head = heads.get(values)
+        if head is None:
+            head = heads[values] = template % tuple(_label_value(x) for x in values)
+        text = _VALUE_TEXT.get(v)
+        if text is None:
+            text = repr(v) + "\n" if v - v == 0 else _special(v) + "\n"
+        return head + text
+
+    for values, v in family.rows:
+        append(line(values, v))
+    for key, rows in family.groups:
+        seen = groups.get(key)
+        if seen is None or seen[0] != rows:
+            seen = groups[key] = (rows, "".join([line(values, v) for values, v in rows]))
+        append(seen[1])
 
 
 def render_text(families: Sequence[Metric]) -> bytes:

@@ -162,7 +162,7 @@ def merge(*groups: Sequence[Metric]) -> list[Metric]:
             elif isinstance(seen, RowFamily) and isinstance(family, RowFamily) \
                     and seen.pending and family.pending \
                     and seen.labelnames == family.labelnames:
-                seen.rows.extend(family.rows)
+                seen.absorb(family)
             else:
                 seen.samples.extend(family.samples)
     return list(by_name.values())

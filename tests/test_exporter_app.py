@@ -224,6 +224,38 @@ def test_row_families_merge_escape_and_turn_into_samples() -> None:
     assert [s.labels["target"] for s in merged[0].samples] == ["one", "two"]
 
 
+def test_row_groups_reuse_their_text_only_while_their_rows_are_the_same() -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from exporter.collectors.base import RenderMemo, RowFamily
+    from exporter.render import render_prometheus_client, render_text
+
+    memo = RenderMemo()
+
+    def scrape(waiting: float, failed: float) -> tuple[str, str]:
+        family = RowFamily("jobs", "by state", ("queue", "state"), memo)
+        family.add(("mail", "total"), waiting + failed)
+        family.add_group("mail", ((("mail", "wait"), waiting), (("mail", "failed"), failed)))
+        family.add_group("other", ((("o\\ne", "wait"), 0.0),))
+        text = render_text([family]).decode()
+        copy = RowFamily("jobs", "by state", ("queue", "state"))
+        copy.add(("mail", "total"), waiting + failed)
+        copy.add_group("mail", ((("mail", "wait"), waiting), (("mail", "failed"), failed)))
+        copy.add_group("other", ((("o\\ne", "wait"), 0.0),))
+        return text, render_prometheus_client([copy]).decode()
+
+    def parsed(text: str) -> list[tuple[dict[str, str], float]]:
+        return sorted(((s.labels, s.value) for f in text_string_to_metric_families(text)
+                       for s in f.samples), key=repr)
+
+    for waiting, failed in ((3.0, 0.0), (3.0, 0.0), (4.0, float("nan")), (0.0, 2.5), (0.0, 2.5)):
+        ours, reference = scrape(waiting, failed)
+        assert parsed(ours) == parsed(reference) or (failed != failed and 'failed"} NaN' in ours)
+        assert f'jobs{{queue="mail",state="wait"}} {waiting!r}' in ours
+    assert set(memo.groups) == {"mail", "other"}
+    assert memo.groups["mail"][0] == ((("mail", "wait"), 0.0), (("mail", "failed"), 2.5))
+
+
 async def test_redis_acl_user_from_url_env_and_no_secret_in_errors(redis_url: str) -> None:
     import redis as redis_sync
 

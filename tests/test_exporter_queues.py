@@ -72,11 +72,11 @@ async def test_bullmq_states_paused_oldest_and_reads_only(redis_url: str,
     spec = {"url": redis_url, "queues": [
         {"name": "mail", "wait": 3, "prioritized": 2, "delayed": 4, "completed": 2, "failed": 1,
          "active": 1, "waitingChildren": 2},
-        {"name": "reports", "wait": 5, "paused": True}]}
+        {"name": "reports", "wait": 5, "paused": True}, {"name": "idle", "paused": True}]}
     await asyncio.to_thread(node, "exporter_bullmq.mjs", json.dumps(spec))
     client = Redis.from_url(redis_url)
-    c = QueuesCollector("cache", 2.0, client=client, bullmq=["mail", "reports", "absent"],
-                        use_script=use_script)
+    c = QueuesCollector("cache", 2.0, client=client,
+                        bullmq=["mail", "reports", "absent", "idle"], use_script=use_script)
     await asyncio.sleep(1.1)  # so the oldest job is at least a second old
     _, commands = await asyncio.to_thread(
         lambda: asyncio.run(_scrape_in_new_loop(redis_url, ["mail", "reports", "absent"],
@@ -101,6 +101,11 @@ async def test_bullmq_states_paused_oldest_and_reads_only(redis_url: str,
     assert reports.oldest_age >= 1.0
     assert readings["absent"].depth == 0
     assert readings["absent"].oldest_age is None
+    assert readings["absent"].jobs == dict.fromkeys(mail.jobs, 0.0)
+    assert readings["absent"].paused == 0
+    # Paused with no job at all: only the meta hash exists.
+    assert readings["idle"].jobs == dict.fromkeys(mail.jobs, 0.0)
+    assert readings["idle"].paused == 1
     # The Python bullmq library agrees on the counts.
     from bullmq import Queue
 

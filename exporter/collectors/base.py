@@ -5,7 +5,8 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
-from collections.abc import Coroutine, Iterable, Sequence
+from collections.abc import Coroutine, Hashable, Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from prometheus_client.core import (
@@ -75,26 +76,50 @@ def flatten(groups: Iterable[list[Metric]]) -> list[Metric]:
     return [family for group in groups for family in group]
 
 
+Row = tuple[tuple[str, ...], float]
+
+
+@dataclass
+class RenderMemo:
+    """Text of series rendered in earlier scrapes, kept by a collector whose series repeat
+    from one scrape to the next (the same queues, mostly the same numbers).
+
+    `heads` maps a row's label values to its `name{labels} `; `groups` maps a group's key to
+    the rows it was last rendered from and their text. The owner drops it when its set of
+    series changes, so it never holds series that are gone.
+    """
+
+    heads: dict[tuple[str, ...], str] = field(default_factory=dict)
+    groups: dict[Hashable, tuple[tuple[Row, ...], str]] = field(default_factory=dict)
+
+
 class RowFamily(Metric):
     """A gauge family kept as rows of label values, for collectors with thousands of samples.
 
     The text renderer writes the rows directly; `samples` is built only when something asks
-    for it (OpenMetrics rendering, tests), so it stays a plain prometheus_client family.
+    for it (OpenMetrics rendering, tests), so it stays a plain prometheus_client family. Rows
+    come one by one (`add`) or as groups under a key (`add_group`): a group whose rows equal
+    those of the last scrape is written from the memo's text without rendering it again.
     """
 
-    def __init__(self, name: str, documentation: str, labelnames: Sequence[str]) -> None:
-        self.rows: list[tuple[tuple[str, ...], float]] = []
+    def __init__(self, name: str, documentation: str, labelnames: Sequence[str],
+                 memo: RenderMemo | None = None) -> None:
+        self.rows: list[Row] = []
+        self.groups: list[tuple[Hashable, tuple[Row, ...]]] = []
         self._samples: list[Sample] | None = None
         super().__init__(name, documentation, "gauge")
         self.labelnames = tuple(labelnames)
+        self.memo = memo if memo is not None else RenderMemo()
 
     @property
     def samples(self) -> list[Sample]:
         if self._samples is None:
             names = self.labelnames
+            rows = [*self.rows, *(row for _, group in self.groups for row in group)]
             self._samples = [Sample(self.name, dict(zip(names, values, strict=True)), value)
-                             for values, value in self.rows]
+                             for values, value in rows]
             self.rows = []
+            self.groups = []
         return self._samples
 
     @samples.setter
@@ -109,6 +134,15 @@ class RowFamily(Metric):
     def add(self, values: tuple[str, ...], value: float) -> None:
         """One sample: label values in labelnames order, and its value."""
         self.rows.append((values, value))
+
+    def add_group(self, key: Hashable, rows: tuple[Row, ...]) -> None:
+        """Several samples rendered together, remembered under `key` (e.g. one queue's states)."""
+        self.groups.append((key, rows))
+
+    def absorb(self, other: RowFamily) -> None:
+        """Take the other family's rows and groups (same name and label names)."""
+        self.rows.extend(other.rows)
+        self.groups.extend(other.groups)
 
 
 class BackgroundTask:

@@ -7,40 +7,55 @@ from collections.abc import Sequence
 from typing import Any
 
 # Redis refuses any write from a script flagged no-writes, so this can never change a queue.
-# It returns one JSON string: one bulk reply instead of thousands of integers to parse.
+# It returns one JSON string: one bulk reply instead of thousands of integers to parse. An empty
+# queue (the libraries delete emptied lists and sets) costs one EXISTS and comes back as a number
+# instead of a row: for BullMQ its paused flag, for Celery and RQ 0.
 SCRIPT = """#!lua flags=no-writes
 local rc = redis.call
 local prefix = ARGV[1]
-local i = 2
-local function take() local v = ARGV[i]; i = i + 1; return v end
+local bullmq, celery, rq = cjson.decode(ARGV[2]), cjson.decode(ARGV[3]), cjson.decode(ARGV[4])
 local b, c, r = {}, {}, {}
-for q = 1, tonumber(take()) do
-  local base = prefix .. ':' .. take() .. ':'
-  local oldest = rc('LINDEX', base .. 'wait', -1) or rc('LINDEX', base .. 'paused', -1)
-  local stamp = ''
-  if oldest and string.sub(oldest, 1, 2) ~= '0:' then
-    stamp = rc('HGET', base .. oldest, 'timestamp') or ''
+for q = 1, #bullmq do
+  local base = prefix .. ':' .. bullmq[q] .. ':'
+  local w, p, a, pr, d, wc, co, f, m = base .. 'wait', base .. 'paused', base .. 'active',
+    base .. 'prioritized', base .. 'delayed', base .. 'waiting-children', base .. 'completed',
+    base .. 'failed', base .. 'meta'
+  if rc('EXISTS', w, p, a, pr, d, wc, co, f) == 0 then
+    b[q] = rc('HEXISTS', m, 'paused')
+  else
+    local oldest = rc('LINDEX', w, -1) or rc('LINDEX', p, -1)
+    local stamp = ''
+    if oldest and string.sub(oldest, 1, 2) ~= '0:' then
+      stamp = rc('HGET', base .. oldest, 'timestamp') or ''
+    end
+    b[q] = {rc('LLEN', w), rc('LLEN', p), rc('LLEN', a), rc('ZCARD', pr), rc('ZCARD', d),
+            rc('ZCARD', wc), rc('ZCARD', co), rc('ZCARD', f), rc('HEXISTS', m, 'paused'), stamp}
   end
-  b[q] = {rc('LLEN', base .. 'wait'), rc('LLEN', base .. 'paused'), rc('LLEN', base .. 'active'),
-          rc('ZCARD', base .. 'prioritized'), rc('ZCARD', base .. 'delayed'),
-          rc('ZCARD', base .. 'waiting-children'), rc('ZCARD', base .. 'completed'),
-          rc('ZCARD', base .. 'failed'), rc('HEXISTS', base .. 'meta', 'paused'), stamp}
 end
-for q = 1, tonumber(take()) do
-  local name = take()
-  c[q] = rc('LLEN', name) + rc('LLEN', name .. '\\6\\0223') + rc('LLEN', name .. '\\6\\0226')
-         + rc('LLEN', name .. '\\6\\0229')
+for q = 1, #celery do
+  local name = celery[q]
+  local p3, p6, p9 = name .. '\\6\\0223', name .. '\\6\\0226', name .. '\\6\\0229'
+  if rc('EXISTS', name, p3, p6, p9) == 0 then
+    c[q] = 0
+  else
+    c[q] = rc('LLEN', name) + rc('LLEN', p3) + rc('LLEN', p6) + rc('LLEN', p9)
+  end
 end
-for q = 1, tonumber(take()) do
-  local name = take()
-  local key = 'rq:queue:' .. name
-  local oldest = rc('LINDEX', key, 0)
-  local stamp = ''
-  if oldest then stamp = rc('HGET', 'rq:job:' .. oldest, 'enqueued_at') or '' end
-  r[q] = {rc('LLEN', key), rc('ZCARD', 'rq:wip:' .. name), rc('ZCARD', 'rq:failed:' .. name),
-          rc('ZCARD', 'rq:deferred:' .. name), rc('ZCARD', 'rq:scheduled:' .. name),
-          rc('ZCARD', 'rq:finished:' .. name), rc('ZCARD', 'rq:canceled:' .. name),
-          rc('SCARD', 'rq:workers:' .. name), stamp}
+for q = 1, #rq do
+  local name = rq[q]
+  local key, wip, failed, deferred, scheduled, finished, canceled, workers = 'rq:queue:' .. name,
+    'rq:wip:' .. name, 'rq:failed:' .. name, 'rq:deferred:' .. name, 'rq:scheduled:' .. name,
+    'rq:finished:' .. name, 'rq:canceled:' .. name, 'rq:workers:' .. name
+  if rc('EXISTS', key, wip, failed, deferred, scheduled, finished, canceled, workers) == 0 then
+    r[q] = 0
+  else
+    local oldest = rc('LINDEX', key, 0)
+    local stamp = ''
+    if oldest then stamp = rc('HGET', 'rq:job:' .. oldest, 'enqueued_at') or '' end
+    r[q] = {rc('LLEN', key), rc('ZCARD', wip), rc('ZCARD', failed), rc('ZCARD', deferred),
+            rc('ZCARD', scheduled), rc('ZCARD', finished), rc('ZCARD', canceled),
+            rc('SCARD', workers), stamp}
+  end
 end
 return cjson.encode({b = b, c = c, r = r, unacked = rc('HLEN', 'unacked'),
                      suspended = rc('EXISTS', 'rq:suspended')})
@@ -54,8 +69,9 @@ RQ_COLUMNS = ("queued", "started", "failed", "deferred", "scheduled", "finished"
 
 def script_args(prefix: str, bullmq: Sequence[str], celery: Sequence[str],
                 rq: Sequence[str]) -> list[str]:
-    """ARGV for one call: the prefix, then each kind's count and names."""
-    return [prefix, str(len(bullmq)), *bullmq, str(len(celery)), *celery, str(len(rq)), *rq]
+    """ARGV for one call: the prefix, then each kind's names as one JSON list (one argument
+    each, so a thousand names cost the client one string to send, not a thousand)."""
+    return [prefix, json.dumps(list(bullmq)), json.dumps(list(celery)), json.dumps(list(rq))]
 
 
 def decode(reply: Any) -> dict[str, Any]:

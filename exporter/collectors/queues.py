@@ -12,7 +12,7 @@ from prometheus_client.core import Metric
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from exporter.collectors.base import Collector, RowFamily, gauge
+from exporter.collectors.base import Collector, RenderMemo, Row, RowFamily, gauge
 from exporter.collectors.queue_script import BULLMQ_COLUMNS, RQ_COLUMNS, SCRIPT, decode, script_args
 
 # BullMQ lists (LLEN) and sorted sets (ZCARD) per queue; wait+paused+prioritized are waiting.
@@ -28,6 +28,8 @@ CELERY_INTERNAL_EXCHANGES = ("celery.pidbox", "reply.celery.pidbox", "celeryev")
 RQ_REGISTRIES = {"started": "rq:wip:", "failed": "rq:failed:", "deferred": "rq:deferred:",
                  "scheduled": "rq:scheduled:", "finished": "rq:finished:",
                  "canceled": "rq:canceled:"}
+_BULLMQ_EMPTY = dict.fromkeys(BULLMQ_COLUMNS, 0.0)
+_RQ_EMPTY = dict.fromkeys(RQ_COLUMNS, 0.0)
 
 
 @dataclass
@@ -68,6 +70,9 @@ class QueuesCollector(Collector):
         self.unacked: float | None = None
         self.use_script = use_script
         self.chunk = chunk
+        self._memo: dict[str, RenderMemo] = {}
+        self._series: dict[tuple[str, str], _QueueSeries] = {}
+        self._memo_names: list[tuple[str, str]] | None = None
 
     def queues(self, kind: str) -> list[str]:
         """Configured queues of this kind, then discovered ones, each once."""
@@ -146,7 +151,9 @@ class QueuesCollector(Collector):
             pipe.client_list()
         replies = await pipe.execute()
         now = time.time()
+        workers = _bullmq_workers(replies[-1], self.prefix) if bullmq else {}
         readings: list[QueueReading] = []
+        add = readings.append
         suspended = False
         unacked = 0.0
         for (b_names, c_names, r_names), reply in zip(chunks, replies, strict=False):
@@ -154,28 +161,31 @@ class QueuesCollector(Collector):
             suspended = bool(data["suspended"])
             unacked = float(data["unacked"])
             for name, row in zip(b_names, data["b"], strict=True):
-                r = QueueReading("bullmq", name)
-                r.jobs = {state: float(v) for state, v in zip(BULLMQ_COLUMNS, row, strict=False)}
-                r.paused = float(row[8])
-                r.oldest_age = _age("bullmq", row[9] or None, now)
-                readings.append(r)
+                serving = float(workers.get(name, 0))
+                if not isinstance(row, list):  # an empty queue: its paused flag alone
+                    add(QueueReading("bullmq", name, 0.0, dict(_BULLMQ_EMPTY), float(row),
+                                     workers=serving))
+                    continue
+                jobs = {state: float(v) for state, v in zip(BULLMQ_COLUMNS, row, strict=False)}
+                waiting = jobs["wait"] + jobs["paused"] + jobs["prioritized"]
+                add(QueueReading("bullmq", name, waiting, jobs, float(row[8]),
+                                 oldest_age=_age("bullmq", row[9] or None, now),
+                                 workers=serving))
             for name, depth in zip(c_names, data["c"], strict=True):
-                readings.append(QueueReading("celery", name, depth=float(depth),
-                                             jobs={"waiting": float(depth)}))
+                add(QueueReading("celery", name, depth=float(depth),
+                                 jobs={"waiting": float(depth)}))
             for name, row in zip(r_names, data["r"], strict=True):
-                r = QueueReading("rq", name)
-                r.jobs = {state: float(v) for state, v in zip(RQ_COLUMNS, row, strict=False)}
-                r.workers = float(row[7])
-                r.oldest_age = _age("rq", row[8] or None, now)
-                readings.append(r)
-        by_queue = _bullmq_workers(replies[-1], self.prefix) if bullmq else {}
-        for r in readings:
-            if r.kind == "bullmq":
-                r.depth = sum(r.jobs[s] for s in BULLMQ_WAITING)
-                r.workers = float(by_queue.get(r.queue, 0))
-            elif r.kind == "rq":
-                r.depth = r.jobs["queued"]
-                r.paused = 1.0 if suspended else 0.0
+                if not isinstance(row, list):
+                    add(QueueReading("rq", name, 0.0, dict(_RQ_EMPTY), workers=0.0))
+                    continue
+                jobs = {state: float(v) for state, v in zip(RQ_COLUMNS, row, strict=False)}
+                add(QueueReading("rq", name, jobs["queued"], jobs, workers=float(row[7]),
+                                 oldest_age=_age("rq", row[8] or None, now)))
+        if rq:
+            flag = 1.0 if suspended else 0.0
+            for r in readings:
+                if r.kind == "rq":
+                    r.paused = flag
         self.unacked = unacked if celery else None
         return readings
 
@@ -258,22 +268,28 @@ class QueuesCollector(Collector):
     def families(self, readings: Sequence[QueueReading]) -> list[Metric]:
         """The queue families of these readings."""
         labels = ("target", "kind", "queue")
-        t = self.target
-        depth = RowFamily("runbook_queue_depth", "Jobs waiting to be processed", labels)
+        memo = self._memo_for(readings)
+        depth = RowFamily("runbook_queue_depth", "Jobs waiting to be processed", labels,
+                          memo["depth"])
         jobs = RowFamily("runbook_queue_jobs", "Jobs by state, every state the library keeps",
-                         (*labels, "state"))
+                         (*labels, "state"), memo["jobs"])
         paused = RowFamily("runbook_queue_paused", "1 if the queue (RQ: all workers) is paused",
-                           labels)
+                           labels, memo["paused"])
         oldest = RowFamily("runbook_queue_oldest_job_age_seconds",
-                           "Age of the oldest waiting job (0: none waiting)", labels)
-        workers = RowFamily("runbook_queue_workers", "Workers serving the queue", labels)
-        d_add, j_add, p_add = depth.rows.append, jobs.rows.append, paused.rows.append
+                           "Age of the oldest waiting job (0: none waiting)", labels,
+                           memo["oldest"])
+        workers = RowFamily("runbook_queue_workers", "Workers serving the queue", labels,
+                            memo["workers"])
+        d_add, j_add, p_add = depth.rows.append, jobs.groups.append, paused.rows.append
         o_add, w_add = oldest.rows.append, workers.rows.append
+        series = self._series
         for r in readings:
-            key = (t, r.kind, r.queue)
+            s = series.get((r.kind, r.queue))
+            if s is None:
+                s = series[(r.kind, r.queue)] = _QueueSeries(self.target, r.kind, r.queue)
+            key = s.key
             d_add((key, r.depth))
-            for state, value in r.jobs.items():
-                j_add(((t, r.kind, r.queue, state), value))
+            j_add((key, s.jobs_rows(r.jobs)))
             if r.paused is not None:
                 p_add((key, r.paused))
             if r.kind != "celery":
@@ -285,9 +301,48 @@ class QueuesCollector(Collector):
             unacked = gauge("runbook_queue_unacked",
                             "Messages delivered but not acknowledged (Celery: per database)",
                             ("target", "kind"))
-            unacked.add_metric([t, "celery"], self.unacked)
+            unacked.add_metric([self.target, "celery"], self.unacked)
             out.append(unacked)
         return out
+
+    def _memo_for(self, readings: Sequence[QueueReading]) -> dict[str, RenderMemo]:
+        """The render memos, dropped (with the per-queue series) when the set of queues
+        changes, so they never hold series that are gone."""
+        names = [(r.kind, r.queue) for r in readings]
+        if names != self._memo_names:
+            self._memo = {name: RenderMemo()
+                          for name in ("depth", "jobs", "paused", "oldest", "workers")}
+            self._series = {}
+            self._memo_names = names
+        return self._memo
+
+
+class _QueueSeries:
+    """One queue's label values, built once: the same queue labels every scrape."""
+
+    __slots__ = ("_last_jobs", "_last_rows", "_state_keys", "key")
+
+    def __init__(self, target: str, kind: str, queue: str) -> None:
+        self.key = (target, kind, queue)
+        self._state_keys: dict[str, tuple[str, str, str, str]] = {}
+        self._last_jobs: dict[str, float] | None = None
+        self._last_rows: tuple[Row, ...] = ()
+
+    def jobs_rows(self, jobs: dict[str, float]) -> tuple[Row, ...]:
+        """Rows of runbook_queue_jobs; the same tuple as last scrape when nothing changed, so
+        the renderer reuses its text."""
+        if jobs == self._last_jobs:
+            return self._last_rows
+        keys = self._state_keys
+        rows = []
+        for state, value in jobs.items():
+            key = keys.get(state)
+            if key is None:
+                key = keys[state] = (*self.key, state)
+            rows.append((key, value))
+        self._last_jobs = jobs
+        self._last_rows = tuple(rows)
+        return self._last_rows
 
 
 def _fill(plan: list[tuple[QueueReading, str]], replies: Sequence[Any]) -> list[QueueReading]:
