@@ -56,6 +56,9 @@ CREATE TABLE IF NOT EXISTS work (
     UNIQUE (occurrence_id, track, kind, attempt)
 );
 CREATE INDEX IF NOT EXISTS work_due ON work (status, not_before);
+-- The concurrency rail counts active runs at every decision: from this index alone, however
+-- much other work (pages) is waiting.
+CREATE INDEX IF NOT EXISTS work_active ON work (kind, status);
 CREATE TABLE IF NOT EXISTS rail_runs (
     id {serial},
     rule_key TEXT NOT NULL,

@@ -181,14 +181,15 @@ class SqliteStore(Store):
             lost = StoreError(f"SQLite commit failed: {exc}")
             results = [(f, None, lost) for f, _ in batch]
         assert self._loop is not None
-        for future, value, error in results:
-            self._loop.call_soon_threadsafe(_settle, future, value, error)
+        # One wake-up of the event loop per batch, not one per transaction.
+        self._loop.call_soon_threadsafe(_settle, results)
 
 
-def _settle(future: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:
-    if future.done():
-        return
-    if error is not None:
-        future.set_exception(error)
-    else:
-        future.set_result(value)
+def _settle(results: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
+    for future, value, error in results:
+        if future.done():
+            continue
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(value)
