@@ -145,7 +145,7 @@ async def post_alerts(request: web.Request) -> web.Response:
     except UnicodeDecodeError:  # UTF-16/32 JSON: keep it as UTF-8 JSON text
         text = json.dumps(body)
     try:
-        result = await request.app[STORE].run(
+        result = await request.app[STORE].run_grouped(
             lambda tx: intake(tx, note, text, policy, now, paged_by))
     except StoreError as exc:
         metrics.store_errors.labels("intake").inc()

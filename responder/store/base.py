@@ -132,6 +132,12 @@ class Store(ABC):
     async def run(self, op: Callable[[Tx], Awaitable[T]]) -> T:
         """Run `op` in one transaction; commit when it returns; raise StoreError on failure."""
 
+    async def run_grouped(self, op: Callable[[Tx], Awaitable[T]]) -> T:
+        """Like `run`, but `op` may share its transaction and commit with other grouped ops
+        (each under its own savepoint): for intake, where one commit per notification and one
+        decision lock per commit would cap the rate."""
+        return await self.run(op)
+
     async def ping(self) -> None:
         """Raise StoreError when the store cannot answer."""
         await self.run(lambda tx: tx.fetchone("SELECT 1 AS one"))

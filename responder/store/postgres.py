@@ -1,8 +1,18 @@
-"""The shared store: PostgreSQL through an asyncpg pool, so several replicas share state."""
+"""The shared store: PostgreSQL through an asyncpg pool, so several replicas share state.
+
+Intake transactions are grouped: one task runs every queued intake in one transaction, each under
+its own savepoint, and commits once. Deciding holds the decision lock until the commit, so one
+commit (and one fsync) per notification would serialize the commits themselves; grouped, the lock
+and the fsync are shared by every notification of the group, and each is answered only after that
+commit.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
+import logging
 import re
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal
@@ -15,8 +25,11 @@ from responder.store.schema import statements
 # Any 64-bit number both replicas agree on: the lock that serializes decisions.
 DECIDE_LOCK = 7_262_531_840_112
 SCHEMA_LOCK = 7_262_531_840_113
+log = logging.getLogger("responder.store")
 _PLACEHOLDER = re.compile(r"\?")
 _FAILURES = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+GROUP_MAX = 64
+_Job = tuple[asyncio.Future[Any], Callable[["Tx"], Awaitable[Any]]]
 
 
 @functools.lru_cache(maxsize=512)
@@ -34,6 +47,8 @@ class PgTx:
 
     def __init__(self, conn: asyncpg.Connection) -> None:
         self.conn = conn
+        self.locked = False
+        """This transaction holds the decision lock (held until it ends)."""
 
     async def execute(self, sql: str, *args: Any) -> int:
         status: str = await self.conn.execute(_numbered(sql), *args)
@@ -48,7 +63,9 @@ class PgTx:
         return [dict(r) for r in await self.conn.fetch(_numbered(sql), *args)]
 
     async def lock_decisions(self) -> None:
-        await self.conn.execute("SELECT pg_advisory_xact_lock($1)", DECIDE_LOCK)
+        if not self.locked:
+            await self.conn.execute("SELECT pg_advisory_xact_lock($1)", DECIDE_LOCK)
+            self.locked = True
 
 
 class PostgresStore(Store):
@@ -62,6 +79,8 @@ class PostgresStore(Store):
         self._max = max_size
         self._timeout = timeout
         self._pool: asyncpg.Pool | None = None
+        self._grouped: asyncio.Queue[_Job] | None = None
+        self._committer: asyncio.Task[None] | None = None
 
     async def open(self) -> None:
         try:
@@ -78,8 +97,18 @@ class PostgresStore(Store):
                 await tx.conn.execute(statement)
 
         await self.run(create)
+        self._grouped = asyncio.Queue()
+        # Owned by the store: cancelled and awaited in close().
+        self._committer = asyncio.create_task(self._commit_groups(), name="pg-group-commit")
 
     async def close(self) -> None:
+        if self._committer is not None:
+            self._committer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._committer
+            self._committer = None
+        while self._grouped is not None and not self._grouped.empty():
+            _settle(self._grouped.get_nowait()[0], None, StoreError("the store is closing"))
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
@@ -92,3 +121,67 @@ class PostgresStore(Store):
                 return await op(PgTx(conn))
         except _FAILURES as exc:
             raise StoreError(f"PostgreSQL: {type(exc).__name__}: {exc}") from exc
+
+    async def run_grouped(self, op: Callable[[Tx], Awaitable[T]]) -> T:
+        if self._committer is None or self._grouped is None:
+            raise StoreError("the PostgreSQL store is not open")
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._grouped.put_nowait((future, op))
+        return await future
+
+    async def _commit_groups(self) -> None:
+        # One committer: two would take occurrence rows and the decision lock in either order.
+        queue = self._grouped
+        assert queue is not None
+        while True:
+            batch = [await queue.get()]
+            while len(batch) < GROUP_MAX and not queue.empty():
+                batch.append(queue.get_nowait())
+            try:
+                await self._commit_group(batch)
+            except Exception as exc:  # the committer must outlive any one group
+                log.exception("grouped commit failed")
+                for future, _op in batch:
+                    _settle(future, None, StoreError(f"PostgreSQL: {type(exc).__name__}: {exc}"))
+            finally:
+                for future, _op in batch:  # cancelled in the middle of a group: answer anyway
+                    _settle(future, None, StoreError("the store is closing"))
+
+    async def _commit_group(self, batch: list[_Job]) -> None:
+        """Run a group in one transaction; settle each caller only after the commit."""
+        assert self._pool is not None
+        results: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        try:
+            async with self._pool.acquire(timeout=self._timeout) as conn, conn.transaction():
+                tx = PgTx(conn)
+                for future, op in batch:
+                    if future.done():  # the caller gave up before its turn: nothing to do
+                        continue
+                    # One round trip: end the previous op's savepoint and start this one's.
+                    await conn.execute("RELEASE SAVEPOINT op; SAVEPOINT op" if results
+                                       else "SAVEPOINT op")
+                    try:
+                        value = await op(tx)
+                    except Exception as exc:  # handed to the waiting caller
+                        await conn.execute("ROLLBACK TO SAVEPOINT op")
+                        # The lock may have gone with the savepoint: take it again if needed.
+                        tx.locked = False
+                        results.append((future, None, StoreError(
+                            f"PostgreSQL: {type(exc).__name__}: {exc}")
+                            if isinstance(exc, _FAILURES) else exc))
+                    else:
+                        results.append((future, value, None))
+        except _FAILURES as exc:
+            lost = StoreError(f"PostgreSQL: {type(exc).__name__}: {exc}")
+            results = [(future, None, lost) for future, _op in batch]
+        for future, value, error in results:
+            _settle(future, value, error)
+
+
+def _settle(future: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(value)
