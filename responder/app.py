@@ -20,12 +20,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 
 from responder import ui
+from responder.known import KnownOccurrences
 from responder.metrics import Metrics
 from responder.openapi import openapi_document
 from responder.payload import Notification
 from responder.policy import Policy
 from responder.store import Store, StoreError
 from responder.store import work as ops
+from responder.store.base import occurrence_id
 from responder.store.intake import intake
 from responder.store.queries import get_incident, list_incidents
 from responder.wakeup import Wakeup
@@ -67,6 +69,7 @@ SETTINGS = web.AppKey("settings", Settings)
 SESSION = web.AppKey("session", aiohttp.ClientSession)
 WORKER = web.AppKey("worker", Worker)
 WAKEUP = web.AppKey("wakeup", Wakeup)
+KNOWN = web.AppKey("known", KnownOccurrences)
 
 
 def _error(status: int, reason: str, **headers: str) -> web.Response:
@@ -145,8 +148,12 @@ async def post_alerts(request: web.Request) -> web.Response:
     except UnicodeDecodeError:  # UTF-16/32 JSON: keep it as UTF-8 JSON text
         text = json.dumps(body)
     try:
-        result = await request.app[STORE].run_grouped(
-            lambda tx: intake(tx, note, text, policy, now, paged_by))
+        known = request.app[KNOWN]
+        ids = [occurrence_id(a.fingerprint, a.starts_key) for a in note.alerts]
+        result = await request.app[STORE].run_intake(
+            lambda tx: intake(tx, note, text, policy, now, paged_by),
+            may_decide=not (ids and known.all_known(ids)))
+        known.add(a.occurrence_id for a in result.alerts)
     except StoreError as exc:
         metrics.store_errors.labels("intake").inc()
         metrics.notifications.labels(note.status, "store_error").inc()
@@ -363,6 +370,7 @@ def build_app(loaded: LoadedRunbook, store: Store, settings: Settings,
     app[POLICY] = Policy(loaded)
     app[METRICS] = metrics or Metrics()
     app[SETTINGS] = settings
+    app[KNOWN] = KnownOccurrences()
     for method, path, handler in ROUTES:
         app.router.add_route(method, path, handler)
     app.cleanup_ctx.append(_store_ctx)

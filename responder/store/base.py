@@ -132,10 +132,11 @@ class Store(ABC):
     async def run(self, op: Callable[[Tx], Awaitable[T]]) -> T:
         """Run `op` in one transaction; commit when it returns; raise StoreError on failure."""
 
-    async def run_grouped(self, op: Callable[[Tx], Awaitable[T]]) -> T:
-        """Like `run`, but `op` may share its transaction and commit with other grouped ops
-        (each under its own savepoint): for intake, where one commit per notification and one
-        decision lock per commit would cap the rate."""
+    async def run_intake(self, op: Callable[[Tx], Awaitable[T]], may_decide: bool = True) -> T:
+        """Run a webhook's intake transaction like `run`; a store may group intakes that
+        `may_decide` (each under its own savepoint) into one commit, so that one commit and one
+        decision lock per notification do not cap the rate."""
+        del may_decide
         return await self.run(op)
 
     async def ping(self) -> None:

@@ -1,6 +1,6 @@
 """The shared store: PostgreSQL through an asyncpg pool, so several replicas share state.
 
-Intake transactions are grouped: one task runs every queued intake in one transaction, each under
+Intakes that may decide are grouped: one task runs every queued one in one transaction, each under
 its own savepoint, and commits once. Deciding holds the decision lock until the commit, so one
 commit (and one fsync) per notification would serialize the commits themselves; grouped, the lock
 and the fsync are shared by every notification of the group, and each is answered only after that
@@ -122,7 +122,10 @@ class PostgresStore(Store):
         except _FAILURES as exc:
             raise StoreError(f"PostgreSQL: {type(exc).__name__}: {exc}") from exc
 
-    async def run_grouped(self, op: Callable[[Tx], Awaitable[T]]) -> T:
+    async def run_intake(self, op: Callable[[Tx], Awaitable[T]], may_decide: bool = True) -> T:
+        if not may_decide:
+            # A resend: no decision lock to share, so its own connection answers sooner.
+            return await self.run(op)
         if self._committer is None or self._grouped is None:
             raise StoreError("the PostgreSQL store is not open")
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()

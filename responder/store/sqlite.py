@@ -8,6 +8,7 @@ so many notifications share one fsync and each is answered only after that fsync
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import queue
 import sqlite3
@@ -20,9 +21,11 @@ from responder.store.base import Row, Store, StoreError, T, Tx
 from responder.store.schema import statements
 
 MAX_BATCH = 256
+LATER_PER_BATCH = 8
 CHECKPOINT_EVERY = 1.0
 log = logging.getLogger("responder.store")
 _Job = tuple[asyncio.Future[Any], Callable[[Tx], Awaitable[Any]]]
+_Queued = tuple[_Job, bool]
 
 
 class SqliteTx:
@@ -69,7 +72,7 @@ class SqliteStore(Store):
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.url = f"sqlite:///{self.path}"
-        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[_Queued | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._conn: sqlite3.Connection | None = None
@@ -131,31 +134,47 @@ class SqliteStore(Store):
             self._conn = None
 
     async def run(self, op: Callable[[Tx], Awaitable[T]]) -> T:
+        return await self._submit(op, urgent=False)
+
+    async def run_intake(self, op: Callable[[Tx], Awaitable[T]], may_decide: bool = True) -> T:
+        """Every queued intake goes into the next group, ahead of the worker's bookkeeping."""
+        del may_decide
+        return await self._submit(op, urgent=True)
+
+    async def _submit(self, op: Callable[[Tx], Awaitable[T]], urgent: bool) -> T:
         if self._loop is None or self._thread is None:
             raise StoreError("the SQLite store is not open")
         future: asyncio.Future[T] = self._loop.create_future()
-        self._jobs.put((future, op))
+        self._jobs.put(((future, op), urgent))
         return await future
 
     def _writer(self) -> None:
         assert self._conn is not None
         conn = self._conn
         tx = SqliteTx(conn)
-        while True:
-            job = self._jobs.get()
-            if job is None:
-                return
-            batch = [job]
-            while len(batch) < MAX_BATCH:
+        # Worker transactions wait here so that a burst of them (claims, completions) delays a
+        # webhook's answer by at most LATER_PER_BATCH of them.
+        later: collections.deque[_Job] = collections.deque()
+        stopping = False
+        while not stopping or later:
+            urgent: list[_Job] = []
+            if not later and not stopping:
+                first = self._jobs.get()
+                if first is None:
+                    return
+                (urgent if first[1] else later).append(first[0])
+            while not stopping and len(urgent) < MAX_BATCH:
                 try:
                     more = self._jobs.get_nowait()
                 except queue.Empty:
                     break
                 if more is None:
-                    self._jobs.put(None)
+                    stopping = True  # run what is queued, then stop
                     break
-                batch.append(more)
-            self._run_batch(conn, tx, batch)
+                (urgent if more[1] else later).append(more[0])
+            batch = urgent + [later.popleft() for _ in range(min(len(later), LATER_PER_BATCH))]
+            if batch:
+                self._run_batch(conn, tx, batch)
 
     def _run_batch(self, conn: sqlite3.Connection, tx: SqliteTx, batch: list[_Job]) -> None:
         results: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
