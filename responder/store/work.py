@@ -7,7 +7,7 @@ from collections.abc import Collection
 from typing import Any
 
 from responder.policy import page_step
-from responder.store.base import Row, Tx, WorkItem, add_step
+from responder.store.base import Row, Tx, WorkItem, add_step, add_steps
 from responder.store.intake import enqueue, record_run
 
 OK_STATUSES = ("ok", "dry_run")
@@ -35,26 +35,43 @@ async def claim_many(tx: Tx, owner: str, now: float, lease: float, limit: int
         "SELECT id, occurrence_id, track, kind, attempt, plan, next_step FROM work "  # noqa: S608 - only constant dialect text is inserted
         f"WHERE status = 'pending' AND not_before <= ? ORDER BY not_before, id LIMIT ?"
         f"{tx.skip_locked}", now, limit)
+    if not rows:
+        return []
+    # A few statements for the whole claim, whatever its size.
+    oids = sorted({str(r["occurrence_id"]) for r in rows})
+    marks = ", ".join("?" for _ in oids)
+    occs = {str(o["id"]): o for o in await tx.fetchall(
+        f"SELECT * FROM occurrences WHERE id IN ({marks})", *oids)}  # noqa: S608 - placeholders only
+    past: dict[str, list[dict[str, Any]]] = {oid: [] for oid in oids}
+    for step in await tx.fetchall(
+            f"SELECT occurrence_id, detail FROM steps WHERE occurrence_id IN ({marks}) "  # noqa: S608 - placeholders only
+            "AND kind = 'action_finished' ORDER BY id", *oids):
+        past[str(step["occurrence_id"])].append(json.loads(step["detail"]))
     items = []
     for row in rows:
-        occ = await tx.fetchone("SELECT * FROM occurrences WHERE id = ?", row["occurrence_id"])
-        assert occ is not None
-        item = WorkItem(int(row["id"]), str(row["occurrence_id"]), int(row["track"]),
-                        str(row["kind"]), int(row["attempt"]), json.loads(row["plan"]),
-                        int(row["next_step"]), dict(occ), await history(tx, occ["id"]))
+        oid = str(row["occurrence_id"])
+        item = WorkItem(int(row["id"]), oid, int(row["track"]), str(row["kind"]),
+                        int(row["attempt"]), json.loads(row["plan"]), int(row["next_step"]),
+                        dict(occs[oid]), list(past[oid]))
         item.step_started = runs_steps(item)
-        await tx.execute("UPDATE work SET status = 'claimed', claimed_by = ?, lease_until = ?, "
-                         "in_step = ? WHERE id = ?", owner, now + lease,
-                         1 if item.step_started else 0, item.id)
-        state = {"run": "running", "escalate": "escalating"}.get(item.kind)
-        if state and occ["resolved_at"] is None:
-            await tx.execute("UPDATE occurrences SET state = ?, updated_at = ? WHERE id = ?",
-                             state, now, item.occurrence_id)
-        if item.step_started:
-            await add_step(tx, item.occurrence_id, "action_started", {
-                **step_detail(item, item.next_step), "work": item.id, "kind": item.kind,
-                "index": item.next_step, "by": owner}, now)
         items.append(item)
+    for in_step in (1, 0):
+        ids = [i.id for i in items if i.step_started == bool(in_step)]
+        if ids:
+            await tx.execute(
+                "UPDATE work SET status = 'claimed', claimed_by = ?, lease_until = ?, "  # noqa: S608 - placeholders only
+                f"in_step = ? WHERE id IN ({', '.join('?' for _ in ids)})",
+                owner, now + lease, in_step, *ids)
+    for kind, state in (("run", "running"), ("escalate", "escalating")):
+        open_ids = sorted({i.occurrence_id for i in items
+                           if i.kind == kind and occs[i.occurrence_id]["resolved_at"] is None})
+        if open_ids:
+            await tx.execute(
+                "UPDATE occurrences SET state = ?, updated_at = ? "  # noqa: S608 - placeholders only
+                f"WHERE id IN ({', '.join('?' for _ in open_ids)})", state, now, *open_ids)
+    await add_steps(tx, [(i.occurrence_id, "action_started", {
+        **step_detail(i, i.next_step), "work": i.id, "kind": i.kind, "index": i.next_step,
+        "by": owner}) for i in items if i.step_started], now)
     return items
 
 
@@ -106,9 +123,14 @@ async def complete(tx: Tx, item: WorkItem, owner: str, outcomes: list[dict[str, 
     """Finish a piece of work (and its last step, if given) and queue what follows; the
     occurrence's new state."""
     if last is not None:
-        await finish_step(tx, item, owner, last[0], last[1], now)
-    await tx.execute("UPDATE work SET status = 'done', in_step = 0 WHERE id = ? "
-                     "AND claimed_by = ?", item.id, owner)
+        # finish_step and the completion in one statement.
+        await tx.execute("UPDATE work SET status = 'done', in_step = 0, next_step = ? "
+                         "WHERE id = ? AND claimed_by = ?", last[0] + 1, item.id, owner)
+        await add_step(tx, item.occurrence_id, "action_finished",
+                       {**last[1], "work": item.id, "kind": item.kind, "index": last[0]}, now)
+    else:
+        await tx.execute("UPDATE work SET status = 'done', in_step = 0 WHERE id = ? "
+                         "AND claimed_by = ?", item.id, owner)
     occ = await tx.fetchone(f"SELECT state, resolved_at, paged FROM occurrences WHERE id = ?"  # noqa: S608 - only constant dialect text is inserted
                             f"{tx.for_update}", item.occurrence_id)
     assert occ is not None
