@@ -167,7 +167,7 @@ class QueuesCollector(Collector):
                                      workers=serving))
                     continue
                 jobs = {state: float(v) for state, v in zip(BULLMQ_COLUMNS, row, strict=False)}
-                waiting = jobs["wait"] + jobs["paused"] + jobs["prioritized"]
+                waiting = sum(jobs[s] for s in BULLMQ_WAITING)
                 add(QueueReading("bullmq", name, waiting, jobs, float(row[8]),
                                  oldest_age=_age("bullmq", row[9] or None, now),
                                  workers=serving))
