@@ -149,10 +149,13 @@ async def post_alerts(request: web.Request) -> web.Response:
         text = json.dumps(body)
     try:
         known = request.app[KNOWN]
-        ids = [occurrence_id(a.fingerprint, a.starts_key) for a in note.alerts]
+
+        def may_decide() -> bool:  # a hint, asked only by stores that group intakes
+            return not known.all_known(occurrence_id(a.fingerprint, a.starts_key)
+                                       for a in note.alerts)
+
         result = await request.app[STORE].run_intake(
-            lambda tx: intake(tx, note, text, policy, now, paged_by),
-            may_decide=not (ids and known.all_known(ids)))
+            lambda tx: intake(tx, note, text, policy, now, paged_by), may_decide)
         known.add(a.occurrence_id for a in result.alerts)
     except StoreError as exc:
         metrics.store_errors.labels("intake").inc()

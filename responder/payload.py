@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from functools import cached_property
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -40,7 +41,7 @@ class Alert(_Open):
             raise ValueError("an alert has at least one label (alertname)")
         return value
 
-    @property
+    @cached_property
     def started(self) -> datetime:
         return parse_time(self.starts_at)
 
@@ -49,7 +50,7 @@ class Alert(_Open):
         when = parse_time(self.ends_at)
         return None if when.year <= 1 else when
 
-    @property
+    @cached_property
     def starts_key(self) -> str:
         """startsAt normalized (UTC, microseconds) so copies from HA peers compare equal."""
         # isoformat, not strftime("%Y"): glibc writes year 1 as "1", which nothing parses back.
@@ -59,6 +60,8 @@ class Alert(_Open):
 
 def unstorable(value: object) -> str | None:
     """Where a string holds NUL or a lone surrogate (no store can keep them), else None."""
+    if _storable(value):  # the common case, without building a path for every value
+        return None
     # Iterative: a deeply nested body must not exhaust the stack.
     todo: list[tuple[str, object]] = [("body", value)]
     while todo:
@@ -77,6 +80,26 @@ def unstorable(value: object) -> str | None:
         elif isinstance(item, list):
             todo.extend((f"{where}[{i}]", v) for i, v in enumerate(item))
     return None
+
+
+def _storable(value: object) -> bool:
+    todo = [value]
+    while todo:
+        item = todo.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return False
+            if not item.isascii():
+                try:
+                    item.encode("utf-8")
+                except UnicodeEncodeError:
+                    return False
+        elif isinstance(item, dict):
+            todo.extend(item)
+            todo.extend(item.values())
+        elif isinstance(item, list):
+            todo.extend(item)
+    return True
 
 
 def _printable(text: str) -> str:

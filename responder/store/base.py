@@ -132,10 +132,12 @@ class Store(ABC):
     async def run(self, op: Callable[[Tx], Awaitable[T]]) -> T:
         """Run `op` in one transaction; commit when it returns; raise StoreError on failure."""
 
-    async def run_intake(self, op: Callable[[Tx], Awaitable[T]], may_decide: bool = True) -> T:
-        """Run a webhook's intake transaction like `run`; a store may group intakes that
-        `may_decide` (each under its own savepoint) into one commit, so that one commit and one
-        decision lock per notification do not cap the rate."""
+    async def run_intake(self, op: Callable[[Tx], Awaitable[T]],
+                         may_decide: Callable[[], bool] = lambda: True) -> T:
+        """Run a webhook's intake transaction like `run`; a store may group intakes for which
+        `may_decide()` (asked only by such a store) into one commit, each under its own
+        savepoint, so that one commit and one decision lock per notification do not cap the
+        rate."""
         del may_decide
         return await self.run(op)
 

@@ -122,8 +122,9 @@ class PostgresStore(Store):
         except _FAILURES as exc:
             raise StoreError(f"PostgreSQL: {type(exc).__name__}: {exc}") from exc
 
-    async def run_intake(self, op: Callable[[Tx], Awaitable[T]], may_decide: bool = True) -> T:
-        if not may_decide:
+    async def run_intake(self, op: Callable[[Tx], Awaitable[T]],
+                         may_decide: Callable[[], bool] = lambda: True) -> T:
+        if not may_decide():
             # A resend: no decision lock to share, so its own connection answers sooner.
             return await self.run(op)
         if self._committer is None or self._grouped is None:

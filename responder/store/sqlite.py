@@ -136,7 +136,8 @@ class SqliteStore(Store):
     async def run(self, op: Callable[[Tx], Awaitable[T]]) -> T:
         return await self._submit(op, urgent=False)
 
-    async def run_intake(self, op: Callable[[Tx], Awaitable[T]], may_decide: bool = True) -> T:
+    async def run_intake(self, op: Callable[[Tx], Awaitable[T]],
+                         may_decide: Callable[[], bool] = lambda: True) -> T:
         """Every queued intake goes into the next group, ahead of the worker's bookkeeping."""
         del may_decide
         return await self._submit(op, urgent=True)
