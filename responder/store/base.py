@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, TypeVar
 
@@ -144,3 +145,18 @@ class Store(ABC):
     async def ping(self) -> None:
         """Raise StoreError when the store cannot answer."""
         await self.run(lambda tx: tx.fetchone("SELECT 1 AS one"))
+
+
+# A waiting caller's future and what to answer it: a value, or the error to raise.
+Answer = tuple["asyncio.Future[Any]", Any, BaseException | None]
+
+
+def settle(answers: Iterable[Answer]) -> None:
+    """Answer each waiting caller with its value or its error; one that gave up is skipped."""
+    for future, value, error in answers:
+        if future.done():
+            continue
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(value)

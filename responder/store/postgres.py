@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 import asyncpg
 
-from responder.store.base import Row, Store, StoreError, T, Tx
+from responder.store.base import Answer, Row, Store, StoreError, T, Tx, settle
 from responder.store.schema import statements
 
 # Any 64-bit number both replicas agree on: the lock that serializes decisions.
@@ -108,7 +108,7 @@ class PostgresStore(Store):
                 await self._committer
             self._committer = None
         while self._grouped is not None and not self._grouped.empty():
-            _settle(self._grouped.get_nowait()[0], None, StoreError("the store is closing"))
+            settle([(self._grouped.get_nowait()[0], None, StoreError("the store is closing"))])
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
@@ -120,7 +120,7 @@ class PostgresStore(Store):
             async with self._pool.acquire(timeout=self._timeout) as conn, conn.transaction():
                 return await op(PgTx(conn))
         except _FAILURES as exc:
-            raise StoreError(f"PostgreSQL: {type(exc).__name__}: {exc}") from exc
+            raise _failure(exc) from exc
 
     async def run_intake(self, op: Callable[[Tx], Awaitable[T]],
                          may_decide: Callable[[], bool] = lambda: True) -> T:
@@ -145,16 +145,15 @@ class PostgresStore(Store):
                 await self._commit_group(batch)
             except Exception as exc:  # the committer must outlive any one group
                 log.exception("grouped commit failed")
-                for future, _op in batch:
-                    _settle(future, None, StoreError(f"PostgreSQL: {type(exc).__name__}: {exc}"))
+                settle((future, None, _failure(exc)) for future, _op in batch)
             finally:
-                for future, _op in batch:  # cancelled in the middle of a group: answer anyway
-                    _settle(future, None, StoreError("the store is closing"))
+                # Cancelled in the middle of a group: answer anyway.
+                settle((future, None, StoreError("the store is closing")) for future, _op in batch)
 
     async def _commit_group(self, batch: list[_Job]) -> None:
         """Run a group in one transaction; settle each caller only after the commit."""
         assert self._pool is not None
-        results: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        results: list[Answer] = []
         try:
             async with self._pool.acquire(timeout=self._timeout) as conn, conn.transaction():
                 tx = PgTx(conn)
@@ -170,22 +169,15 @@ class PostgresStore(Store):
                         await conn.execute("ROLLBACK TO SAVEPOINT op")
                         # The lock may have gone with the savepoint: take it again if needed.
                         tx.locked = False
-                        results.append((future, None, StoreError(
-                            f"PostgreSQL: {type(exc).__name__}: {exc}")
-                            if isinstance(exc, _FAILURES) else exc))
+                        results.append((future, None,
+                                        _failure(exc) if isinstance(exc, _FAILURES) else exc))
                     else:
                         results.append((future, value, None))
         except _FAILURES as exc:
-            lost = StoreError(f"PostgreSQL: {type(exc).__name__}: {exc}")
+            lost = _failure(exc)
             results = [(future, None, lost) for future, _op in batch]
-        for future, value, error in results:
-            _settle(future, value, error)
+        settle(results)
 
 
-def _settle(future: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:
-    if future.done():
-        return
-    if error is not None:
-        future.set_exception(error)
-    else:
-        future.set_result(value)
+def _failure(exc: BaseException) -> StoreError:
+    return StoreError(f"PostgreSQL: {type(exc).__name__}: {exc}")

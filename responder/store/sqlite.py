@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any, Literal
 
-from responder.store.base import Row, Store, StoreError, T, Tx
+from responder.store.base import Answer, Row, Store, StoreError, T, Tx, settle
 from responder.store.schema import statements
 
 MAX_BATCH = 256
@@ -178,7 +178,7 @@ class SqliteStore(Store):
                 self._run_batch(conn, tx, batch)
 
     def _run_batch(self, conn: sqlite3.Connection, tx: SqliteTx, batch: list[_Job]) -> None:
-        results: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        results: list[Answer] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
             for future, op in batch:
@@ -202,14 +202,4 @@ class SqliteStore(Store):
             results = [(f, None, lost) for f, _ in batch]
         assert self._loop is not None
         # One wake-up of the event loop per batch, not one per transaction.
-        self._loop.call_soon_threadsafe(_settle, results)
-
-
-def _settle(results: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
-    for future, value, error in results:
-        if future.done():
-            continue
-        if error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(value)
+        self._loop.call_soon_threadsafe(settle, results)
