@@ -158,6 +158,10 @@ class Worker:
                     items = []
                     self.metrics.store_errors.labels("claim").inc()
                     log.error("cannot claim work: %s", exc)
+                except Exception:  # the loop must outlive any one claim, or nothing runs again
+                    items = []
+                    self.metrics.store_errors.labels("claim").inc()
+                    log.exception("cannot claim work")
                 for _ in range(free - len(items)):
                     slots.release()
                 self._done(free - len(items))

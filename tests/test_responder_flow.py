@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from responder.store import Store, open_store
 from responder.store.base import occurrence_id
+from responder.store.work import claim_many
 from tests.test_responder_support import (
     AUTH,
     PAYLOADS,
@@ -256,3 +258,30 @@ async def test_unknown_paged_value_is_refused(store: Store, tmp_path: Path) -> N
                                      headers={"Content-Type": "application/json", **AUTH})
         assert response.status == 400
         assert "paged" in (await response.json())["error"]
+
+
+async def test_an_unexpected_claim_failure_does_not_stop_the_worker(store: Store,
+                                                                    tmp_path: Path) -> None:
+    # A client library error the store did not turn into StoreError (asyncpg's "cannot switch
+    # to state" on a connection left mid-operation by a dying server) once ended the worker's
+    # loop: nothing queued afterwards ever ran.
+    out = tmp_path / "runs.txt"
+    real_run = store.run
+    failures: list[Any] = []
+
+    async def run_failing_first_claim(op: Any) -> Any:
+        if getattr(op, "func", None) is claim_many and not failures:
+            failures.append(op)
+            raise RuntimeError("cannot switch to state 15; another operation is in progress")
+        return await real_run(op)
+
+    store.run = run_failing_first_claim  # type: ignore[method-assign]
+    async with page_sink() as (_sink, url), \
+            responder(load(auto_rule(out), url), store) as client:
+        response = await post(client, body())
+        assert response.status == 200, await response.text()
+        await wait_state(client, oid(), "acted")
+        assert out.read_text() == "host-1\n"
+        assert failures, "the claim never failed: the test proved nothing"
+        metrics = await (await client.get("/metrics")).text()
+        assert 'runbook_responder_store_errors_total{operation="claim"} 1.0' in metrics

@@ -27,7 +27,10 @@ DECIDE_LOCK = 7_262_531_840_112
 SCHEMA_LOCK = 7_262_531_840_113
 log = logging.getLogger("responder.store")
 _PLACEHOLDER = re.compile(r"\?")
-_FAILURES = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+# InternalClientError: a pooled connection left mid-operation when the server died ("cannot
+# switch to state ..."); a failure of the store like the others, never a crash of the caller.
+_FAILURES = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError,
+             OSError, TimeoutError)
 GROUP_MAX = 64
 _Job = tuple[asyncio.Future[Any], Callable[["Tx"], Awaitable[Any]]]
 
