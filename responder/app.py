@@ -27,8 +27,7 @@ from responder.payload import Notification
 from responder.policy import Policy
 from responder.store import Store, StoreError
 from responder.store import work as ops
-from responder.store.base import occurrence_id
-from responder.store.intake import intake
+from responder.store.intake import IntakeJob
 from responder.store.queries import get_incident, list_incidents
 from responder.wakeup import Wakeup
 from responder.worker import Hooks, Worker, WorkerConfig
@@ -111,8 +110,11 @@ async def post_alerts(request: web.Request) -> web.Response:
         return _error(415, f"content type must be application/json, not "
                            f"{request.content_type or 'missing'}")
     try:
-        async with asyncio.timeout(BODY_SECONDS):
+        if request.content.is_eof():  # the whole body is here already: nothing to wait for
             raw = await request.read()
+        else:
+            async with asyncio.timeout(BODY_SECONDS):
+                raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
         metrics.notifications.labels("unknown", "invalid").inc()
         return _error(413, f"body larger than {request.app[SETTINGS].max_body} bytes")
@@ -149,13 +151,9 @@ async def post_alerts(request: web.Request) -> web.Response:
         text = json.dumps(body)
     try:
         known = request.app[KNOWN]
-
-        def may_decide() -> bool:  # a hint, asked only by stores that group intakes
-            return not known.all_known(occurrence_id(a.fingerprint, a.starts_key)
-                                       for a in note.alerts)
-
-        result = await request.app[STORE].run_intake(
-            lambda tx: intake(tx, note, text, policy, now, paged_by), may_decide)
+        job = IntakeJob(note, text, policy, now, paged_by)
+        job.known = known.all_known(job.alerts)
+        result = await request.app[STORE].run_intake(job)
         known.add(a.occurrence_id for a in result.alerts)
     except StoreError as exc:
         metrics.store_errors.labels("intake").inc()

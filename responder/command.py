@@ -12,6 +12,7 @@ from aiohttp import web
 from responder.app import Settings, build_app
 from responder.store import StoreError, open_store
 from runbook import logs
+from runbook.eventloop import new_event_loop
 from runbook.loader import load_or_report
 from runbook.units import parse_duration
 
@@ -84,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
                         redis_url=args.redis, retention=args.retention)
     app = build_app(loaded, store, settings)
     try:
-        web.run_app(app, host=host, port=port, access_log=None,
+        web.run_app(app, host=host, port=port, access_log=None, loop=new_event_loop(),
                     print=lambda _m: print(f"runbook responder: {loaded.service} on "
                                            f"http://{host}:{port}, store {store.dialect}",
                                            file=sys.stderr, flush=True))

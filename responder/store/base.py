@@ -8,7 +8,10 @@ import json
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
+
+if TYPE_CHECKING:
+    from responder.store.intake import IntakeJob
 
 T = TypeVar("T")
 Row = dict[str, Any]
@@ -133,14 +136,11 @@ class Store(ABC):
     async def run(self, op: Callable[[Tx], Awaitable[T]]) -> T:
         """Run `op` in one transaction; commit when it returns; raise StoreError on failure."""
 
-    async def run_intake(self, op: Callable[[Tx], Awaitable[T]],
-                         may_decide: Callable[[], bool] = lambda: True) -> T:
-        """Run a webhook's intake transaction like `run`; a store may group intakes for which
-        `may_decide()` (asked only by such a store) into one commit, each under its own
-        savepoint, so that one commit and one decision lock per notification do not cap the
-        rate."""
-        del may_decide
-        return await self.run(op)
+    async def run_intake(self, job: IntakeJob) -> IntakeResult:
+        """Run a webhook's intake transaction like `run`. A store may schedule it by the job's
+        hints: group intakes that may decide into one commit and one decision lock, or record
+        resends in bulk; what is recorded and decided is the same either way."""
+        return await self.run(job)
 
     async def ping(self) -> None:
         """Raise StoreError when the store cannot answer."""

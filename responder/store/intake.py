@@ -7,6 +7,9 @@ unique key (fingerprint, startsAt) lets exactly one transaction decide it.
 
 from __future__ import annotations
 
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from responder.matching import RuleMatch
@@ -30,6 +33,72 @@ _END = {"paged", "escalated", "page_failed"}
 Step = tuple[str, str, dict[str, Any]]
 
 
+NOTIFICATION_COLUMNS = "received_at, receiver, status, group_key, alerts, truncated_alerts, body"
+
+
+@dataclass(eq=False)
+class IntakeJob:
+    """One webhook's intake transaction, handed to the store (which may batch resends)."""
+
+    note: Notification
+    body: str
+    policy: Policy
+    now: float
+    paged_by: str | None = None
+    """Who already paged a human for these alerts (Alertmanager's paging route): a decision to
+    page is then recorded as done, not sent a second time."""
+    known: bool = False
+    """A hint: this process has seen every one of these occurrences recorded. Never trusted for
+    what is recorded or decided, only for how the store schedules the transaction."""
+
+    def __call__(self, tx: Tx) -> Coroutine[Any, Any, IntakeResult]:
+        return record(tx, self)
+
+    @cached_property
+    def alerts(self) -> dict[str, Alert]:
+        """The alerts by occurrence id, in a fixed order (the first copy of an occurrence wins),
+        so two transactions never wait on each other's rows in opposite orders."""
+        seen: dict[str, Alert] = {}
+        for alert in self.note.alerts:
+            seen.setdefault(occurrence_id(alert.fingerprint, alert.starts_key), alert)
+        return {oid: seen[oid] for oid in sorted(seen)}
+
+    @property
+    def likely_resend(self) -> bool:
+        """Every alert firing and already recorded: most likely it only appends audit steps."""
+        return self.known and all(a.status == "firing" for a in self.note.alerts)
+
+    def notification_row(self) -> tuple[Any, ...]:
+        """The notifications row's values, in NOTIFICATION_COLUMNS order."""
+        note = self.note
+        return (self.now, note.receiver, note.status, note.group_key, len(note.alerts),
+                note.truncated_alerts, self.body)
+
+    def received(self, notification_id: int) -> dict[str, Any]:
+        """The detail every step of this notification's alerts starts from."""
+        note = self.note
+        detail: dict[str, Any] = {"notification": notification_id,
+                                  "receiver": note.receiver, "group_key": note.group_key}
+        if self.paged_by:
+            detail["paged_by"] = self.paged_by
+        if note.truncated_alerts:
+            detail["truncated_alerts"] = note.truncated_alerts
+            detail["warning"] = (f"Alertmanager left {note.truncated_alerts} alerts out of "
+                                 "this notification (max_alerts): they are not recorded here")
+        return detail
+
+    def resend(self, notification_id: int) -> tuple[IntakeResult, list[Step]]:
+        """What intake records for a notification whose alerts are all firing and all already
+        recorded: one deduplicated step per occurrence, nothing decided."""
+        received = self.received(notification_id)
+        result = IntakeResult(notification_id)
+        steps: list[Step] = []
+        for oid in self.alerts:
+            steps.append((oid, "deduplicated", {**received, "status": "firing"}))
+            result.alerts.append(AlertIntake(oid, "deduplicated"))
+        return result, steps
+
+
 async def intake(tx: Tx, note: Notification, body: str, policy: Policy, now: float,
                  paged_by: str | None = None) -> IntakeResult:
     """Record one notification and everything it decides, in the caller's transaction.
@@ -37,29 +106,22 @@ async def intake(tx: Tx, note: Notification, body: str, policy: Policy, now: flo
     `paged_by` names who already paged a human for these alerts (Alertmanager's paging route):
     a decision to page is then recorded as done, not sent a second time.
     """
+    return await record(tx, IntakeJob(note, body, policy, now, paged_by))
+
+
+async def record(tx: Tx, job: IntakeJob) -> IntakeResult:
+    """intake() for a job."""
+    policy, now, paged_by = job.policy, job.now, job.paged_by
     row = await tx.fetchone(
-        "INSERT INTO notifications (received_at, receiver, status, group_key, alerts, "
-        "truncated_alerts, body) VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
-        now, note.receiver, note.status, note.group_key, len(note.alerts),
-        note.truncated_alerts, body)
+        f"INSERT INTO notifications ({NOTIFICATION_COLUMNS}) "  # noqa: S608 - constant text
+        "VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id", *job.notification_row())
     assert row is not None
     result = IntakeResult(int(row["id"]))
-    received: dict[str, Any] = {"notification": result.notification_id,
-                                "receiver": note.receiver, "group_key": note.group_key}
-    if paged_by:
-        received["paged_by"] = paged_by
-    if note.truncated_alerts:
-        received["truncated_alerts"] = note.truncated_alerts
-        received["warning"] = (f"Alertmanager left {note.truncated_alerts} alerts out of this "
-                               "notification (max_alerts): they are not recorded here")
-    # A fixed order, so two transactions never wait on each other's rows in opposite orders.
-    seen: dict[str, Alert] = {}
-    for alert in note.alerts:
-        seen.setdefault(occurrence_id(alert.fingerprint, alert.starts_key), alert)
+    received = job.received(result.notification_id)
+    seen = job.alerts
     steps: list[Step] = []
     new_firing: list[tuple[str, Alert]] = []
-    for oid in sorted(seen):
-        alert = seen[oid]
+    for oid, alert in seen.items():
         detail = {**received, "status": alert.status}
         occ = await tx.fetchone("SELECT state, resolved_at FROM occurrences WHERE id = ?", oid)
         if occ is None and alert.status == "firing":

@@ -19,7 +19,8 @@ from typing import Any, Literal
 
 import asyncpg
 
-from responder.store.base import Answer, Row, Store, StoreError, T, Tx, settle
+from responder.store.base import Answer, IntakeResult, Row, Store, StoreError, T, Tx, settle
+from responder.store.intake import IntakeJob
 from responder.store.schema import statements
 
 # Any 64-bit number both replicas agree on: the lock that serializes decisions.
@@ -125,15 +126,15 @@ class PostgresStore(Store):
         except _FAILURES as exc:
             raise _failure(exc) from exc
 
-    async def run_intake(self, op: Callable[[Tx], Awaitable[T]],
-                         may_decide: Callable[[], bool] = lambda: True) -> T:
-        if not may_decide():
-            # A resend: no decision lock to share, so its own connection answers sooner.
-            return await self.run(op)
+    async def run_intake(self, job: IntakeJob) -> IntakeResult:
+        if job.known:
+            # Most likely a resend: no decision lock to share, so its own connection answers
+            # sooner.
+            return await self.run(job)
         if self._committer is None or self._grouped is None:
             raise StoreError("the PostgreSQL store is not open")
-        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._grouped.put_nowait((future, op))
+        future: asyncio.Future[IntakeResult] = asyncio.get_running_loop().create_future()
+        self._grouped.put_nowait((future, job))
         return await future
 
     async def _commit_groups(self) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import json
 import logging
 import queue
 import sqlite3
@@ -17,7 +18,18 @@ from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any, Literal
 
-from responder.store.base import Answer, Row, Store, StoreError, T, Tx, settle
+from responder.store.base import (
+    Answer,
+    IntakeResult,
+    Row,
+    Store,
+    StoreError,
+    T,
+    Tx,
+    dumps,
+    settle,
+)
+from responder.store.intake import NOTIFICATION_COLUMNS, IntakeJob
 from responder.store.schema import statements
 
 MAX_BATCH = 256
@@ -136,11 +148,9 @@ class SqliteStore(Store):
     async def run(self, op: Callable[[Tx], Awaitable[T]]) -> T:
         return await self._submit(op, urgent=False)
 
-    async def run_intake(self, op: Callable[[Tx], Awaitable[T]],
-                         may_decide: Callable[[], bool] = lambda: True) -> T:
+    async def run_intake(self, job: IntakeJob) -> IntakeResult:
         """Every queued intake goes into the next group, ahead of the worker's bookkeeping."""
-        del may_decide
-        return await self._submit(op, urgent=True)
+        return await self._submit(job, urgent=True)
 
     async def _submit(self, op: Callable[[Tx], Awaitable[T]], urgent: bool) -> T:
         if self._loop is None or self._thread is None:
@@ -181,19 +191,15 @@ class SqliteStore(Store):
         results: list[Answer] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
+            resends: list[tuple[asyncio.Future[Any], IntakeJob]] = []
             for future, op in batch:
-                conn.execute("SAVEPOINT op")
-                try:
-                    value: Any = _drive(op(tx))
-                except Exception as exc:  # handed to the waiting caller
-                    conn.execute("ROLLBACK TO op")
-                    conn.execute("RELEASE op")
-                    failure: BaseException = (StoreError(str(exc))
-                                              if isinstance(exc, sqlite3.Error) else exc)
-                    results.append((future, None, failure))
-                else:
-                    conn.execute("RELEASE op")
-                    results.append((future, value, None))
+                if isinstance(op, IntakeJob) and op.likely_resend:
+                    resends.append((future, op))
+                    continue
+                results += self._record_resends(conn, tx, resends)
+                resends = []
+                results.append(_run_one(conn, tx, future, op))
+            results += self._record_resends(conn, tx, resends)
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             if conn.in_transaction:
@@ -203,3 +209,80 @@ class SqliteStore(Store):
         assert self._loop is not None
         # One wake-up of the event loop per batch, not one per transaction.
         self._loop.call_soon_threadsafe(settle, results)
+
+    def _record_resends(self, conn: sqlite3.Connection, tx: SqliteTx,
+                        jobs: list[tuple[asyncio.Future[Any], IntakeJob]]) -> list[Answer]:
+        """Record consecutive likely resends with a few statements for all of them.
+
+        Each gets exactly the rows intake() would write for it; a job whose occurrences are
+        not all recorded after all (the hint was wrong) runs intake() itself, in its turn.
+        """
+        if not jobs:
+            return []
+        ids = [oid for _, job in jobs for oid in job.alerts]
+        found = {row[0] for row in conn.execute(_RECORDED, (json.dumps(ids),))}
+        answers: list[Answer] = []
+        run: list[tuple[asyncio.Future[Any], IntakeJob]] = []
+        for future, job in jobs:
+            if all(oid in found for oid in job.alerts):
+                run.append((future, job))
+                continue
+            answers += _insert_resends(conn, tx, run)
+            run = []
+            answers.append(_run_one(conn, tx, future, job))
+        return answers + _insert_resends(conn, tx, run)
+
+
+_RECORDED = "SELECT id FROM occurrences WHERE id IN (SELECT value FROM json_each(?))"
+# The single writer thread is the only one inserting, so it can number the rows itself.
+_NEXT_NOTIFICATION = (
+    "SELECT MAX(COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'notifications'), 0), "
+    "COALESCE((SELECT MAX(id) FROM notifications), 0)) + 1")
+_INSERT_NOTIFICATION = (f"INSERT INTO notifications (id, {NOTIFICATION_COLUMNS}) "  # noqa: S608 - constant text
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
+_INSERT_STEP = "INSERT INTO steps (occurrence_id, at, kind, detail) VALUES (?, ?, ?, ?)"
+
+
+def _insert_resends(conn: sqlite3.Connection, tx: SqliteTx,
+                    jobs: list[tuple[asyncio.Future[Any], IntakeJob]]) -> list[Answer]:
+    """Resends whose occurrences are all recorded: their notifications and deduplicated steps
+    in two statements; if those fail, each job runs on its own (and fails on its own)."""
+    if not jobs:
+        return []
+    conn.execute("SAVEPOINT resends")
+    try:
+        first = int(conn.execute(_NEXT_NOTIFICATION).fetchone()[0])
+        notifications: list[tuple[Any, ...]] = []
+        steps: list[tuple[Any, ...]] = []
+        answers: list[Answer] = []
+        for n, (future, job) in enumerate(jobs):
+            result, job_steps = job.resend(first + n)
+            notifications.append((first + n, *job.notification_row()))
+            steps += [(oid, job.now, kind, dumps(detail)) for oid, kind, detail in job_steps]
+            answers.append((future, result, None))
+        conn.executemany(_INSERT_NOTIFICATION, notifications)
+        conn.executemany(_INSERT_STEP, steps)
+    except sqlite3.Error as exc:
+        log.warning("recording %d resends together failed (%s): recording each alone",
+                    len(jobs), exc)
+        conn.execute("ROLLBACK TO resends")
+        conn.execute("RELEASE resends")
+        return [_run_one(conn, tx, future, job) for future, job in jobs]
+    conn.execute("RELEASE resends")
+    return answers
+
+
+def _run_one(conn: sqlite3.Connection, tx: SqliteTx, future: asyncio.Future[Any],
+             op: Callable[[Tx], Awaitable[Any]]) -> Answer:
+    """One transaction under its own savepoint: its failure undoes only its own writes."""
+    conn.execute("SAVEPOINT op")
+    try:
+        value: Any = _drive(op(tx))
+    except Exception as exc:  # handed to the waiting caller
+        conn.execute("ROLLBACK TO op")
+        conn.execute("RELEASE op")
+        failure: BaseException = (StoreError(str(exc))
+                                  if isinstance(exc, sqlite3.Error) else exc)
+        return (future, None, failure)
+    conn.execute("RELEASE op")
+    return (future, value, None)

@@ -20,6 +20,7 @@ from responder import app as responder_app
 from responder.command import TOKEN_ENV, read_token
 from responder.store import StoreError, open_store
 from runbook import logs
+from runbook.eventloop import new_event_loop
 from runbook.loader import LoadedRunbook, load_or_report
 
 DEFAULT_RUNBOOK = Path(__file__).resolve().parents[1] / "default_runbook.yml"
@@ -152,8 +153,9 @@ def run(args: argparse.Namespace) -> int:
              f"http://{ehost}:{eport}/metrics, responder on http://{rhost}:{rport}/alerts "
              f"(store {store.dialect})")
     try:
-        asyncio.run(serve([Site("exporter", exporter, ehost, eport),
-                           Site("responder", responder, rhost, rport)], ready))
+        with asyncio.Runner(loop_factory=new_event_loop) as runner:
+            runner.run(serve([Site("exporter", exporter, ehost, eport),
+                              Site("responder", responder, rhost, rport)], ready))
     except OSError as exc:
         print(f"runbook run: {exc}", file=sys.stderr)
         return 2
