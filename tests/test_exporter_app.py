@@ -256,6 +256,31 @@ def test_row_groups_reuse_their_text_only_while_their_rows_are_the_same() -> Non
     assert memo.groups["mail"][0] == ((("mail", "wait"), 0.0), (("mail", "failed"), 2.5))
 
 
+def test_a_row_family_reuses_its_whole_text_only_while_every_row_is_the_same() -> None:
+    from exporter.collectors.base import RenderMemo, RowFamily
+    from exporter.render import render_text
+
+    memo = RenderMemo()
+
+    def scrape(depths: list[float]) -> bytes:
+        family = RowFamily("depth", "queue depth", ("queue",), memo)
+        for i, depth in enumerate(depths):
+            family.add((f"q{i}",), depth)
+        return render_text([family])
+
+    idle = [0.0] * 50
+    first = scrape(idle)
+    assert memo.whole is not None
+    kept = memo.whole[2]
+    assert scrape(idle) == first
+    assert memo.whole[2] is kept  # reused, not rendered again
+    busy = scrape([*idle[:49], 7.0])
+    assert b'depth{queue="q49"} 7.0\n' in busy
+    assert b'depth{queue="q49"} 0.0\n' not in busy
+    assert scrape([*idle[:48], 1.0, 7.0]).count(b"} 0.0\n") == 48
+    assert scrape(idle) == first
+
+
 async def test_redis_acl_user_from_url_env_and_no_secret_in_errors(redis_url: str) -> None:
     import redis as redis_sync
 

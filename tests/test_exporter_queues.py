@@ -267,3 +267,43 @@ async def test_glob_characters_in_the_prefix_are_escaped(redis_url: str, bad: st
     c = QueuesCollector("c", 2.0, client=client, bullmq_prefix=bad, discover=True)
     assert (await c.discover_queues())["bullmq"] == []
     await client.aclose()
+
+
+async def test_an_idle_queue_reuses_its_reading_until_it_changes(redis_url: str) -> None:
+    from bullmq import Queue
+
+    from exporter.render import render_text
+
+    client = Redis.from_url(redis_url)
+    queue = Queue("idle-then-busy", {"connection": redis_url})
+    collector = QueuesCollector("cache", 2.0, client=client, bullmq=["idle-then-busy"])
+    head = '{target="cache",kind="bullmq",queue="idle-then-busy"}'
+
+    async def scrape() -> tuple[Any, str]:
+        families = await collector.collect()
+        return (await collector.read())[0], render_text(families).decode()
+
+    try:
+        await queue.pause()
+        await queue.resume()  # the meta hash exists, the queue holds nothing
+        first, text = await scrape()
+        again, text_again = await scrape()
+        assert again is first  # idle: the same reading, written from the same text
+        assert text_again == text
+        assert f"runbook_queue_paused{head} 0.0\n" in text
+        await queue.pause()
+        _, text = await scrape()
+        assert f"runbook_queue_paused{head} 1.0\n" in text
+        await queue.resume()
+        job = await queue.add("work", {})
+        _, text = await scrape()
+        assert f"runbook_queue_depth{head} 1.0\n" in text
+        assert f"runbook_queue_paused{head} 0.0\n" in text
+        await job.remove()
+        _, text = await scrape()
+        assert f"runbook_queue_depth{head} 0.0\n" in text
+        assert 'runbook_queue_jobs{target="cache",kind="bullmq",queue="idle-then-busy",' \
+               'state="wait"} 0.0\n' in text
+    finally:
+        await queue.close()
+        await client.aclose()

@@ -85,12 +85,15 @@ class RenderMemo:
     from one scrape to the next (the same queues, mostly the same numbers).
 
     `heads` maps a row's label values to its `name{labels} `; `groups` maps a group's key to
-    the rows it was last rendered from and their text. The owner drops it when its set of
-    series changes, so it never holds series that are gone.
+    the rows it was last rendered from and their text; `whole` is the same for the family.
+    The owner drops it when its set of series changes, so it never holds series that are gone.
     """
 
     heads: dict[tuple[str, ...], str] = field(default_factory=dict)
     groups: dict[Hashable, tuple[tuple[Row, ...], str]] = field(default_factory=dict)
+    whole: tuple[list[Row], list[tuple[Hashable, tuple[Row, ...]]], bytes] | None = None
+    """The family's rows and groups at the last scrape and their text: an idle scrape (every
+    number as before) is written without looking at one row."""
 
 
 class RowFamily(Metric):

@@ -154,6 +154,7 @@ class QueuesCollector(Collector):
         workers = _bullmq_workers(replies[-1], self.prefix) if bullmq else {}
         readings: list[QueueReading] = []
         add = readings.append
+        series = self._series
         suspended = False
         unacked = 0.0
         for (b_names, c_names, r_names), reply in zip(chunks, replies, strict=False):
@@ -163,8 +164,16 @@ class QueuesCollector(Collector):
             for name, row in zip(b_names, data["b"], strict=True):
                 serving = float(workers.get(name, 0))
                 if not isinstance(row, list):  # an empty queue: its paused flag alone
-                    add(QueueReading("bullmq", name, 0.0, dict(_BULLMQ_EMPTY), float(row),
-                                     workers=serving))
+                    known = series.get(("bullmq", name))
+                    if known is not None and known.empty is not None \
+                            and known.empty.paused == row and known.empty.workers == serving:
+                        add(known.empty)  # idle as at the last scrape: the same reading
+                        continue
+                    empty = QueueReading("bullmq", name, 0.0, dict(_BULLMQ_EMPTY), float(row),
+                                         workers=serving)
+                    if known is not None:
+                        known.empty = empty
+                    add(empty)
                     continue
                 jobs = {state: float(v) for state, v in zip(BULLMQ_COLUMNS, row, strict=False)}
                 waiting = sum(jobs[s] for s in BULLMQ_WAITING)
@@ -287,15 +296,16 @@ class QueuesCollector(Collector):
             s = series.get((r.kind, r.queue))
             if s is None:
                 s = series[(r.kind, r.queue)] = _QueueSeries(self.target, r.kind, r.queue)
-            key = s.key
-            d_add((key, r.depth))
-            j_add((key, s.jobs_rows(r.jobs)))
-            if r.paused is not None:
-                p_add((key, r.paused))
-            if r.kind != "celery":
-                o_add((key, r.oldest_age or 0.0))
-            if r.workers is not None:
-                w_add((key, r.workers))
+            if r is not s.reading:
+                s.remember(r)
+            d_add(s.depth)
+            j_add(s.jobs)
+            if s.paused is not None:
+                p_add(s.paused)
+            if s.oldest is not None:
+                o_add(s.oldest)
+            if s.workers is not None:
+                w_add(s.workers)
         out: list[Metric] = [depth, jobs, paused, oldest, workers]
         if self.unacked is not None:
             unacked = gauge("runbook_queue_unacked",
@@ -318,15 +328,36 @@ class QueuesCollector(Collector):
 
 
 class _QueueSeries:
-    """One queue's label values, built once: the same queue labels every scrape."""
+    """One queue's label values, built once (the same queue labels every scrape), and its rows
+    from its last reading: an idle queue gives the same reading, so the same rows, whose text
+    the renderer then reuses."""
 
-    __slots__ = ("_last_jobs", "_last_rows", "_state_keys", "key")
+    __slots__ = ("_last_jobs", "_last_rows", "_state_keys", "depth", "empty", "jobs", "key",
+                 "oldest", "paused", "reading", "workers")
 
     def __init__(self, target: str, kind: str, queue: str) -> None:
         self.key = (target, kind, queue)
         self._state_keys: dict[str, tuple[str, str, str, str]] = {}
         self._last_jobs: dict[str, float] | None = None
         self._last_rows: tuple[Row, ...] = ()
+        self.reading: QueueReading | None = None
+        self.empty: QueueReading | None = None
+        """The last reading of this queue while it was empty (BullMQ)."""
+        self.depth: Row = (self.key, 0.0)
+        self.jobs: tuple[tuple[str, str, str], tuple[Row, ...]] = (self.key, ())
+        self.paused: Row | None = None
+        self.oldest: Row | None = None
+        self.workers: Row | None = None
+
+    def remember(self, r: QueueReading) -> None:
+        """This scrape's reading and its rows."""
+        key = self.key
+        self.reading = r
+        self.depth = (key, r.depth)
+        self.jobs = (key, self.jobs_rows(r.jobs))
+        self.paused = None if r.paused is None else (key, r.paused)
+        self.oldest = None if r.kind == "celery" else (key, r.oldest_age or 0.0)
+        self.workers = None if r.workers is None else (key, r.workers)
 
     def jobs_rows(self, jobs: dict[str, float]) -> tuple[Row, ...]:
         """Rows of runbook_queue_jobs; the same tuple as last scrape when nothing changed, so
