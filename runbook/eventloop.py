@@ -1,4 +1,4 @@
-"""The event loop the serving commands run on."""
+"""The event loop `runbook responder` and `runbook run` serve on."""
 
 from __future__ import annotations
 
@@ -9,6 +9,6 @@ import uvloop
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
     """uvloop: its C transports, timers and callbacks cost less per HTTP exchange than asyncio's
-    pure-Python selector loop (the responder records about a fifth more webhooks per CPU second).
+    selector loop (the responder spent 190-200 µs of CPU per resend on it, 230 µs without).
     """
     return uvloop.new_event_loop()
