@@ -196,10 +196,10 @@ class SqliteStore(Store):
                 if isinstance(op, IntakeJob) and op.likely_resend:
                     resends.append((future, op))
                     continue
-                results += self._record_resends(conn, tx, resends)
+                results += _record_resends(conn, tx, resends)
                 resends = []
                 results.append(_run_one(conn, tx, future, op))
-            results += self._record_resends(conn, tx, resends)
+            results += _record_resends(conn, tx, resends)
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             if conn.in_transaction:
@@ -210,28 +210,6 @@ class SqliteStore(Store):
         # One wake-up of the event loop per batch, not one per transaction.
         self._loop.call_soon_threadsafe(settle, results)
 
-    def _record_resends(self, conn: sqlite3.Connection, tx: SqliteTx,
-                        jobs: list[tuple[asyncio.Future[Any], IntakeJob]]) -> list[Answer]:
-        """Record consecutive likely resends with a few statements for all of them.
-
-        Each gets exactly the rows intake() would write for it; a job whose occurrences are
-        not all recorded after all (the hint was wrong) runs intake() itself, in its turn.
-        """
-        if not jobs:
-            return []
-        ids = [oid for _, job in jobs for oid in job.alerts]
-        found = {row[0] for row in conn.execute(_RECORDED, (json.dumps(ids),))}
-        answers: list[Answer] = []
-        run: list[tuple[asyncio.Future[Any], IntakeJob]] = []
-        for future, job in jobs:
-            if all(oid in found for oid in job.alerts):
-                run.append((future, job))
-                continue
-            answers += _insert_resends(conn, tx, run)
-            run = []
-            answers.append(_run_one(conn, tx, future, job))
-        return answers + _insert_resends(conn, tx, run)
-
 
 _RECORDED = "SELECT id FROM occurrences WHERE id IN (SELECT value FROM json_each(?))"
 # The single writer thread is the only one inserting, so it can number the rows itself.
@@ -241,6 +219,29 @@ _NEXT_NOTIFICATION = (
 _INSERT_NOTIFICATION = (f"INSERT INTO notifications (id, {NOTIFICATION_COLUMNS}) "  # noqa: S608 - constant text
                         "VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
 _INSERT_STEP = "INSERT INTO steps (occurrence_id, at, kind, detail) VALUES (?, ?, ?, ?)"
+
+
+def _record_resends(conn: sqlite3.Connection, tx: SqliteTx,
+                    jobs: list[tuple[asyncio.Future[Any], IntakeJob]]) -> list[Answer]:
+    """Record consecutive likely resends with a few statements for all of them.
+
+    Each gets exactly the rows intake() would write for it; a job whose occurrences are not
+    all recorded after all (the hint was wrong) runs intake() itself, in its turn.
+    """
+    if not jobs:
+        return []
+    ids = [oid for _, job in jobs for oid in job.alerts]
+    found = {row[0] for row in conn.execute(_RECORDED, (json.dumps(ids),))}
+    answers: list[Answer] = []
+    run: list[tuple[asyncio.Future[Any], IntakeJob]] = []
+    for future, job in jobs:
+        if all(oid in found for oid in job.alerts):
+            run.append((future, job))
+            continue
+        answers += _insert_resends(conn, tx, run)
+        run = []
+        answers.append(_run_one(conn, tx, future, job))
+    return answers + _insert_resends(conn, tx, run)
 
 
 def _insert_resends(conn: sqlite3.Connection, tx: SqliteTx,
