@@ -307,3 +307,50 @@ async def test_an_idle_queue_reuses_its_reading_until_it_changes(redis_url: str)
     finally:
         await queue.close()
         await client.aclose()
+
+
+async def test_a_small_keyspace_is_listed_once_and_reads_the_same(redis_url: str) -> None:
+    """Where the database is small, one SCAN in the script finds the queues holding anything;
+    every reading equals the queue-by-queue probe's, and it still only reads."""
+    spec = {"url": redis_url, "prefix": "app:bull", "queues": [
+        {"name": "mail", "wait": 2, "delayed": 1, "failed": 1},
+        {"name": "idle", "paused": True}, {"name": "ma", "wait": 1}]}
+    await asyncio.to_thread(node, "exporter_bullmq.mjs", json.dumps(spec))
+    client = Redis.from_url(redis_url)
+    await client.set("app:bull", "a key that is no queue's")
+    await client.set("other:mail:wait", "another prefix")
+    # "mail" and "ma" share a beginning; "absent" and "app" have no key of their own.
+    names = ["mail", "idle", "absent", "ma", "app", "bull"]
+    dbsize = await client.dbsize()
+
+    async def read(factor: int) -> tuple[dict[str, Any], list[str]]:
+        collector = QueuesCollector("cache", 2.0, client=client, bullmq=names,
+                                    bullmq_prefix="app:bull", keyspace_scan_factor=factor)
+        _, commands = await read_only_scrape(redis_url, collector)
+        readings = {r.queue: r for r in await collector.read()}
+        for r in readings.values():
+            r.oldest_age = round(r.oldest_age or 0.0)
+        return readings, commands
+
+    def called(commands: list[str], name: str, about: str = "") -> int:
+        return sum(1 for c in commands if c.split()[0].strip('"').upper() == name and about in c)
+
+    listed, listed_commands = await read(dbsize)  # at most dbsize keys per queue: listed
+    probed, probed_commands = await read(0)
+    assert called(listed_commands, "SCAN") >= 1, listed_commands
+    assert called(probed_commands, "SCAN") == 0
+    assert Watcher(redis_url).write_commands(listed_commands) == []
+    assert listed == probed
+    assert listed["mail"].jobs["wait"] == 2
+    assert listed["mail"].jobs["failed"] == 1
+    assert listed["ma"].depth == 1
+    assert listed["idle"].paused == 1
+    assert listed["absent"].paused == 0
+    assert listed["absent"].jobs == dict.fromkeys(listed["mail"].jobs, 0.0)
+    # Probed queues: only those with a key of their own (the listed path skips the rest).
+    assert called(listed_commands, "EXISTS", "app:bull:") == 3, listed_commands
+    assert called(probed_commands, "EXISTS", "app:bull:") == len(names)
+    # A database larger than the bound is probed queue by queue, as before.
+    _, bounded = await read(1)
+    assert called(bounded, "SCAN") == 0
+    await client.aclose()

@@ -10,26 +10,57 @@ from typing import Any
 # It returns one JSON string: one bulk reply instead of thousands of integers to parse. An empty
 # queue (the libraries delete emptied lists and sets) costs one EXISTS and comes back as a number
 # instead of a row: for BullMQ its paused flag, for Celery and RQ 0.
+#
+# Where the whole database holds at most ARGV[5] keys per named BullMQ queue, listing it once
+# (SCAN, atomic inside the script) costs less than probing every queue: a queue with no key at
+# all under `prefix:NAME:` holds no job and no meta hash, so it is empty and not paused. Any key
+# that could belong to a queue (its name may itself hold ':') sends that queue down the probe.
 SCRIPT = """#!lua flags=no-writes
 local rc = redis.call
 local prefix = ARGV[1]
 local bullmq, celery, rq = cjson.decode(ARGV[2]), cjson.decode(ARGV[3]), cjson.decode(ARGV[4])
 local b, c, r = {}, {}, {}
-for q = 1, #bullmq do
-  local base = prefix .. ':' .. bullmq[q] .. ':'
+local present = nil
+if #bullmq > 0 and rc('DBSIZE') <= (tonumber(ARGV[5]) or 0) * #bullmq then
+  present = {}
+  local head = prefix .. ':'
+  local from = #head + 1
+  local cursor = '0'
+  repeat
+    local page = rc('SCAN', cursor, 'COUNT', 1000)
+    cursor = page[1]
+    for _, key in ipairs(page[2]) do
+      if string.sub(key, 1, #head) == head then
+        local at = string.find(key, ':', from, true)
+        while at do
+          present[string.sub(key, from, at - 1)] = true
+          at = string.find(key, ':', at + 1, true)
+        end
+      end
+    end
+  until cursor == '0'
+end
+local function bullmq_row(name)
+  local base = prefix .. ':' .. name .. ':'
   local w, p, a, pr, d, wc, co, f, m = base .. 'wait', base .. 'paused', base .. 'active',
     base .. 'prioritized', base .. 'delayed', base .. 'waiting-children', base .. 'completed',
     base .. 'failed', base .. 'meta'
   if rc('EXISTS', w, p, a, pr, d, wc, co, f) == 0 then
-    b[q] = rc('HEXISTS', m, 'paused')
+    return rc('HEXISTS', m, 'paused')
+  end
+  local oldest = rc('LINDEX', w, -1) or rc('LINDEX', p, -1)
+  local stamp = ''
+  if oldest and string.sub(oldest, 1, 2) ~= '0:' then
+    stamp = rc('HGET', base .. oldest, 'timestamp') or ''
+  end
+  return {rc('LLEN', w), rc('LLEN', p), rc('LLEN', a), rc('ZCARD', pr), rc('ZCARD', d),
+          rc('ZCARD', wc), rc('ZCARD', co), rc('ZCARD', f), rc('HEXISTS', m, 'paused'), stamp}
+end
+for q = 1, #bullmq do
+  if present and not present[bullmq[q]] then
+    b[q] = 0
   else
-    local oldest = rc('LINDEX', w, -1) or rc('LINDEX', p, -1)
-    local stamp = ''
-    if oldest and string.sub(oldest, 1, 2) ~= '0:' then
-      stamp = rc('HGET', base .. oldest, 'timestamp') or ''
-    end
-    b[q] = {rc('LLEN', w), rc('LLEN', p), rc('LLEN', a), rc('ZCARD', pr), rc('ZCARD', d),
-            rc('ZCARD', wc), rc('ZCARD', co), rc('ZCARD', f), rc('HEXISTS', m, 'paused'), stamp}
+    b[q] = bullmq_row(bullmq[q])
   end
 end
 for q = 1, #celery do
@@ -68,10 +99,12 @@ RQ_COLUMNS = ("queued", "started", "failed", "deferred", "scheduled", "finished"
 
 
 def script_args(prefix: str, bullmq: Sequence[str], celery: Sequence[str],
-                rq: Sequence[str]) -> list[str]:
+                rq: Sequence[str], scan_factor: int = 0) -> list[str]:
     """ARGV for one call: the prefix, then each kind's names as one JSON list (one argument
-    each, so a thousand names cost the client one string to send, not a thousand)."""
-    return [prefix, json.dumps(list(bullmq)), json.dumps(list(celery)), json.dumps(list(rq))]
+    each, so a thousand names cost the client one string to send, not a thousand), then the
+    keys per BullMQ queue up to which the script lists the database instead (0: never)."""
+    return [prefix, json.dumps(list(bullmq)), json.dumps(list(celery)), json.dumps(list(rq)),
+            str(scan_factor)]
 
 
 def decode(reply: Any) -> dict[str, Any]:

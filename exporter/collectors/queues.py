@@ -28,6 +28,9 @@ CELERY_INTERNAL_EXCHANGES = ("celery.pidbox", "reply.celery.pidbox", "celeryev")
 RQ_REGISTRIES = {"started": "rq:wip:", "failed": "rq:failed:", "deferred": "rq:deferred:",
                  "scheduled": "rq:scheduled:", "finished": "rq:finished:",
                  "canceled": "rq:canceled:"}
+# Up to this many keys in the database per named BullMQ queue, the script lists the database
+# once instead of probing each queue (cheaper where most named queues hold nothing).
+KEYSPACE_SCAN_FACTOR = 4
 _BULLMQ_EMPTY = dict.fromkeys(BULLMQ_COLUMNS, 0.0)
 _RQ_EMPTY = dict.fromkeys(RQ_COLUMNS, 0.0)
 
@@ -56,7 +59,7 @@ class QueuesCollector(Collector):
                  celery: Sequence[str] = (), rq: Sequence[str] = (), discover: bool = False,
                  discover_interval: float = 60.0, scan_count: int = 1000,
                  scan_max_calls: int = 100, use_script: bool = True,
-                 chunk: int = 200) -> None:
+                 chunk: int = 200, keyspace_scan_factor: int = KEYSPACE_SCAN_FACTOR) -> None:
         super().__init__(target, timeout)
         self.client = client
         self.prefix = bullmq_prefix
@@ -70,6 +73,7 @@ class QueuesCollector(Collector):
         self.unacked: float | None = None
         self.use_script = use_script
         self.chunk = chunk
+        self.keyspace_scan_factor = keyspace_scan_factor
         self._memo: dict[str, RenderMemo] = {}
         self._series: dict[tuple[str, str], _QueueSeries] = {}
         self._memo_names: list[tuple[str, str]] | None = None
@@ -145,7 +149,7 @@ class QueuesCollector(Collector):
             part = (bullmq[start:start + step], celery[start:start + step],
                     rq[start:start + step])
             chunks.append(part)
-            args = script_args(self.prefix, *part)
+            args = script_args(self.prefix, *part, scan_factor=self.keyspace_scan_factor)
             pipe.execute_command("EVAL_RO", SCRIPT, 0, *args)
         if bullmq:
             pipe.client_list()
