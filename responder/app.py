@@ -23,7 +23,7 @@ from responder import ui
 from responder.known import KnownOccurrences
 from responder.metrics import Metrics
 from responder.openapi import openapi_document
-from responder.payload import Notification
+from responder.payload import PLAIN_JSON, Notification, utf8_text
 from responder.policy import Policy
 from responder.store import Store, StoreError
 from responder.store import work as ops
@@ -132,8 +132,10 @@ async def post_alerts(request: web.Request) -> web.Response:
     if not isinstance(body, dict):
         metrics.notifications.labels("unknown", "invalid").inc()
         return _error(400, "body must be a JSON object (an Alertmanager webhook, version 4)")
+    text = utf8_text(raw)
+    plain = text is not None and b"\\u" not in raw  # see PLAIN_JSON
     try:
-        note = Notification.model_validate(body)
+        note = Notification.model_validate(body, context={PLAIN_JSON: plain})
     except ValidationError as exc:
         # Only known values become a label: the body is untrusted (cardinality, encoding).
         status = body.get("status")
@@ -145,9 +147,7 @@ async def post_alerts(request: web.Request) -> web.Response:
         metrics.notifications.labels(note.status, "invalid").inc()
         return _error(400, "the query parameter paged can only be 'alertmanager'")
     policy = request.app[POLICY]
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:  # UTF-16/32 JSON: keep it as UTF-8 JSON text
+    if text is None:  # UTF-16/32 JSON: keep it as UTF-8 JSON text
         text = json.dumps(body)
     try:
         known = request.app[KNOWN]

@@ -6,9 +6,20 @@ from datetime import UTC, datetime
 from functools import cached_property
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 ZERO_TIME = "0001-01-01T00:00:00Z"
+PLAIN_JSON = "plain_json"
+"""Validation context key: the body came from UTF-8 JSON text without any \\u escape. Only an
+escape can then put NUL or a lone surrogate into a string (a raw control character is not JSON,
+and UTF-8 cannot encode a surrogate), so the walk over every string is skipped."""
 
 
 class _Open(BaseModel):
@@ -111,7 +122,9 @@ class Notification(_Open):
 
     @model_validator(mode="before")
     @classmethod
-    def _storable(cls, data: object) -> object:
+    def _storable(cls, data: object, info: ValidationInfo) -> object:
+        if isinstance(info.context, dict) and info.context.get(PLAIN_JSON) is True:
+            return data
         found = unstorable(data)
         if found:
             raise ValueError(found)
@@ -134,8 +147,35 @@ class Notification(_Open):
         return dict(self.model_extra or {})
 
 
+def utf8_text(raw: bytes) -> str | None:
+    """The text of a body json.loads accepted, if it was UTF-8; None for UTF-16 or UTF-32
+    (JSON in UTF-8 holds no NUL byte, so NULs mean json.loads read another encoding)."""
+    if b"\x00" in raw:
+        return None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
 def parse_time(value: str) -> datetime:
     """An RFC 3339 timestamp as Alertmanager writes it (nanoseconds allowed) -> aware datetime."""
+    try:
+        # Python 3.11 reads Alertmanager's form itself ("Z", nanoseconds cut to microseconds).
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        when = _parse_normalized(value)
+    if when.tzinfo is None:
+        raise ValueError(f"{value!r} has no time zone")
+    try:
+        when.astimezone(UTC)
+    except OverflowError:
+        raise ValueError(f"{value!r} is out of range once in UTC") from None
+    return when
+
+
+def _parse_normalized(value: str) -> datetime:
+    """What fromisoformat refuses as written: spaces around, a lower-case z, a bare '.'."""
     text = value.strip()
     if text.endswith(("Z", "z")):
         text = text[:-1] + "+00:00"
@@ -147,13 +187,6 @@ def parse_time(value: str) -> datetime:
             digits, rest = digits + rest[0], rest[1:]
         text = f"{head}.{(digits + '000000')[:6]}{rest}"
     try:
-        when = datetime.fromisoformat(text)
+        return datetime.fromisoformat(text)
     except ValueError:
         raise ValueError(f"{value!r} is not an RFC 3339 timestamp") from None
-    if when.tzinfo is None:
-        raise ValueError(f"{value!r} has no time zone")
-    try:
-        when.astimezone(UTC)
-    except OverflowError:
-        raise ValueError(f"{value!r} is out of range once in UTC") from None
-    return when

@@ -9,9 +9,9 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from responder.app import ROUTES
+from responder.app import ROUTES, STORE
 from responder.store import open_store
-from tests.test_responder_support import AUTH, TOKEN, body, load, post, responder
+from tests.test_responder_support import AUTH, TOKEN, alert, body, load, post, responder
 
 RULE = "  - name: gauge\n    match: {alertname: GaugeHigh}\n    external: true\n    mode: page\n"
 Client = TestClient[web.Request, web.Application]
@@ -55,6 +55,25 @@ async def test_malformed_bodies_get_4xx_with_reason(client: Client, payload: byt
 async def test_utf16_json_is_recorded(client: Client) -> None:
     response = await post(client, json.dumps(body()).encode("utf-16"))
     assert response.status == 200, await response.text()
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-16-le", "utf-32"])
+@pytest.mark.parametrize(("bad", "reason"), [("a\x00b", "NUL"), ("\ud800", "surrogate")])
+async def test_nul_and_lone_surrogates_are_refused_in_every_encoding(
+        client: Client, encoding: str, bad: str, reason: str) -> None:
+    text = json.dumps(body(alert(instance=bad)))  # ASCII: the escapes \u0000 and \ud800
+    response = await post(client, text.encode(encoding))
+    assert response.status == 400, await response.text()
+    assert reason in (await response.json())["error"]
+
+
+async def test_utf16_without_bom_is_kept_as_utf8_json(client: Client, tmp_path: Path) -> None:
+    sent = body(alert(instance="caf\u00e9"))
+    response = await post(client, json.dumps(sent).encode("utf-16-le"))
+    assert response.status == 200, await response.text()
+    stored = await client.app[STORE].run(lambda tx: tx.fetchall("SELECT body FROM notifications"))
+    assert [json.loads(r["body"]) for r in stored] == [sent]
+    assert "\x00" not in stored[0]["body"]
 
 
 async def test_content_type_is_checked(client: Client) -> None:

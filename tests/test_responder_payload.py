@@ -54,3 +54,52 @@ def test_malformed_bodies_fail_naming_the_field(mutate: object, where: str) -> N
     with pytest.raises(ValidationError) as info:
         Notification.model_validate(data)
     assert where in str(info.value)
+
+
+@pytest.mark.parametrize("value", [
+    "2026-11-24T07:12:19.279Z", "2026-11-24T07:12:19.279123456Z", "2026-11-24T07:12:19.9999999Z",
+    "2026-11-24T08:12:19.1234565+01:00", "2026-11-24T07:12:19Z", "2026-11-24T07:12:19,5Z",
+    "0001-01-01T00:00:00Z", "9999-12-31T23:59:59.999999999Z"])
+def test_timestamps_python_reads_as_written_parse_as_normalized(value: str) -> None:
+    from responder.payload import _parse_normalized
+
+    assert parse_time(value) == _parse_normalized(value)
+    assert parse_time(value).utcoffset() == _parse_normalized(value).utcoffset()
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    (" 2026-11-24T07:12:19.279z ", "2026-11-24T07:12:19.279000+00:00"),
+    ("2026-11-24T07:12:19.Z", "2026-11-24T07:12:19+00:00"),
+])
+def test_timestamps_python_refuses_as_written_are_normalized(value: str, expected: str) -> None:
+    assert parse_time(value).isoformat() == expected
+
+
+@pytest.mark.parametrize("value", ["yesterday", "2026-11-24T07:12:19", "2026-11-24",
+                                   "0001-01-01T00:00:00+01:00"])
+def test_timestamps_without_zone_or_out_of_range_are_refused(value: str) -> None:
+    with pytest.raises(ValueError, match=r"time zone|RFC 3339|out of range"):
+        parse_time(value)
+
+
+def test_utf8_text_is_none_for_other_encodings() -> None:
+    from responder.payload import utf8_text
+
+    text = json.dumps(body())
+    assert utf8_text(text.encode()) == text
+    assert utf8_text(text.encode("utf-16-le")) is None  # decodes as UTF-8, NULs and all
+    assert utf8_text(text.encode("utf-32")) is None
+    assert utf8_text(b'{"a": "\xff"}') is None
+
+
+@pytest.mark.parametrize("bad", ["a\x00b", "\ud800"])
+def test_a_body_vouched_plain_is_not_walked_but_others_are(bad: str) -> None:
+    from responder.payload import PLAIN_JSON
+
+    data = body(alert(instance=bad))
+    with pytest.raises(ValidationError, match=r"NUL|surrogate"):
+        Notification.model_validate(data, context={PLAIN_JSON: False})
+    with pytest.raises(ValidationError, match=r"NUL|surrogate"):
+        Notification.model_validate(data)
+    # Only the caller's word skips the walk: the app gives it for UTF-8 text without \u.
+    assert Notification.model_validate(data, context={PLAIN_JSON: True})
