@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import redis as redis_sync
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
 from exporter.collectors.queues import QueuesCollector
 from tests.test_exporter_support import (
@@ -354,3 +355,33 @@ async def test_a_small_keyspace_is_listed_once_and_reads_the_same(redis_url: str
     _, bounded = await read(1)
     assert called(bounded, "SCAN") == 0
     await client.aclose()
+
+
+@pytest.mark.parametrize("refused", ["scan", "dbsize"])
+async def test_a_user_refused_scan_or_dbsize_gets_every_queue_probed(redis_url: str,
+                                                                     refused: str) -> None:
+    spec = {"url": redis_url, "queues": [{"name": "mail", "wait": 2}, {"name": "idle",
+                                                                        "paused": True}]}
+    await asyncio.to_thread(node, "exporter_bullmq.mjs", json.dumps(spec))
+    admin = Redis.from_url(redis_url)
+    user = f"no-{refused}"
+    await admin.execute_command("ACL", "SETUSER", user, "on", ">secret", "~*", "&*", "+@all",
+                                f"-{refused}")
+    limited = Redis.from_url(redis_url, username=user, password="secret")
+    try:
+        with pytest.raises(ResponseError, match=r"NOPERM|permission"):
+            await limited.execute_command(refused.upper(), *(["0"] if refused == "scan" else []))
+        names = ["mail", "idle", "absent"]
+        listed = {r.queue: r for r in await QueuesCollector(
+            "cache", 2.0, client=limited, bullmq=names, keyspace_scan_factor=1000).read()}
+        probed = {r.queue: r for r in await QueuesCollector(
+            "cache", 2.0, client=admin, bullmq=names, keyspace_scan_factor=0).read()}
+        for r in (*listed.values(), *probed.values()):
+            r.oldest_age = round(r.oldest_age or 0.0)
+        assert listed == probed
+        assert listed["mail"].depth == 2
+        assert listed["idle"].paused == 1
+    finally:
+        await limited.aclose()
+        await admin.execute_command("ACL", "DELUSER", user)
+        await admin.aclose()

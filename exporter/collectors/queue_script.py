@@ -20,14 +20,24 @@ local rc = redis.call
 local prefix = ARGV[1]
 local bullmq, celery, rq = cjson.decode(ARGV[2]), cjson.decode(ARGV[3]), cjson.decode(ARGV[4])
 local b, c, r = {}, {}, {}
-local present = nil
-if #bullmq > 0 and rc('DBSIZE') <= (tonumber(ARGV[5]) or 0) * #bullmq then
-  present = {}
+-- pcall: where ACLs or renamed commands refuse DBSIZE or SCAN, every queue is probed instead.
+local function present_names()
+  if #bullmq == 0 then
+    return nil
+  end
+  local size = redis.pcall('DBSIZE')
+  if type(size) ~= 'number' or size > (tonumber(ARGV[5]) or 0) * #bullmq then
+    return nil
+  end
+  local present = {}
   local head = prefix .. ':'
   local from = #head + 1
   local cursor = '0'
   repeat
-    local page = rc('SCAN', cursor, 'COUNT', 1000)
+    local page = redis.pcall('SCAN', cursor, 'COUNT', 1000)
+    if type(page) ~= 'table' or page.err then
+      return nil
+    end
     cursor = page[1]
     for _, key in ipairs(page[2]) do
       if string.sub(key, 1, #head) == head then
@@ -39,7 +49,9 @@ if #bullmq > 0 and rc('DBSIZE') <= (tonumber(ARGV[5]) or 0) * #bullmq then
       end
     end
   until cursor == '0'
+  return present
 end
+local present = present_names()
 local function bullmq_row(name)
   local base = prefix .. ':' .. name .. ':'
   local w, p, a, pr, d, wc, co, f, m = base .. 'wait', base .. 'paused', base .. 'active',
