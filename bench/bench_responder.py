@@ -251,7 +251,6 @@ def main() -> int:
     env = {**os.environ, "RUNBOOK_WEBHOOK_TOKEN": TOKEN}
     processes: list[subprocess.Popen[bytes]] = []
     pg = None
-    results = []
     try:
         targets: list[tuple[str, str, str | None]] = []
         port = free_port()

@@ -11,7 +11,8 @@ from typing import Any
 # queue (the libraries delete emptied lists and sets) costs one EXISTS and comes back as a number
 # instead of a row: for BullMQ its paused flag, for Celery and RQ 0.
 #
-# Where the whole database holds at most ARGV[5] keys per named BullMQ queue, listing it once
+# Where the whole database holds at most ARGV[5] keys per BullMQ queue named in this call (each
+# call of a chunked scrape lists it again, so each stays bounded by its own queues), listing it once
 # (SCAN, atomic inside the script) costs less than probing every queue: a queue with no key at
 # all under `prefix:NAME:` holds no job and no meta hash, so it is empty and not paused. Any key
 # that could belong to a queue (its name may itself hold ':') sends that queue down the probe.

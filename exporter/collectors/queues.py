@@ -28,7 +28,7 @@ CELERY_INTERNAL_EXCHANGES = ("celery.pidbox", "reply.celery.pidbox", "celeryev")
 RQ_REGISTRIES = {"started": "rq:wip:", "failed": "rq:failed:", "deferred": "rq:deferred:",
                  "scheduled": "rq:scheduled:", "finished": "rq:finished:",
                  "canceled": "rq:canceled:"}
-# Up to this many keys in the database per named BullMQ queue, the script lists the database
+# Up to this many keys in the database per BullMQ queue of one script call, the script lists it
 # once instead of probing each queue (cheaper where most named queues hold nothing).
 KEYSPACE_SCAN_FACTOR = 4
 _BULLMQ_EMPTY = dict.fromkeys(BULLMQ_COLUMNS, 0.0)
