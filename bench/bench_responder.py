@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 from tests.servers import free_port, start_postgres, wait_for_port  # noqa: E402
 
-PAYLOAD = json.loads(Path("/work/shared/reference/payloads/firing.json").read_text())
+PAYLOAD = json.loads((ROOT / "tests" / "fixtures" / "payloads" / "firing.json").read_text())
 TOKEN = "bench-token"  # noqa: S105 - a throw-away token for local processes
 RUNBOOK = """\
 service: bench

@@ -34,8 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"
 K8S = DEPLOY / "kubernetes"
 SYSTEMD = DEPLOY / "systemd"
-# CI clones the repository with shared/ beside it.
-CRDS = Path(__file__).resolve().parents[2] / "shared" / "reference" / "crds"
+CRDS = Path(__file__).resolve().parent / "fixtures" / "crds"
 VENV_BIN = Path(sys.executable).parent
 # A Kubernetes release kubernetes-validate ships schemas for, still widely run.
 K8S_VERSION = "1.31.0"

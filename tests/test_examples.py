@@ -17,8 +17,7 @@ from runbook.units import parse_size
 
 ROOT = Path(__file__).parents[1]
 EXAMPLES = ROOT / "examples"
-# CI checks the project out with shared/ beside the clone.
-SEEDS = Path(__file__).parents[2] / "shared" / "seeds"
+SEEDS = Path(__file__).parent / "fixtures" / "seeds"
 SEED_FILES = {
     "cinder-js": "000_ff10b3561c6728f2.txt",
     "ai-analysis": "001_af813dbdfbc2b2e4.txt",
@@ -38,7 +37,7 @@ def load(name: str) -> LoadedRunbook:
 
 def seed_text(name: str) -> str:
     path = SEEDS / SEED_FILES[name]
-    assert path.is_file(), f"seed {path} is missing: shared/ must sit beside the repository"
+    assert path.is_file(), f"seed {path} is missing"
     return path.read_text(encoding="utf-8")
 
 

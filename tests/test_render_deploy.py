@@ -19,7 +19,7 @@ from tests.test_render_rules import PROBES, SINK
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted((ROOT / "examples").glob("*.yml"))
-CRD = Path("/work/shared/reference/crds/monitoring.coreos.com_prometheusrules.yaml")
+CRD = Path(__file__).parent / "fixtures" / "crds" / "monitoring.coreos.com_prometheusrules.yaml"
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from responder.app import Settings, build_app
 from responder.store import Store, open_store
 from runbook.loader import LoadedRunbook, load_text
 
-PAYLOADS = Path("/work/shared/reference/payloads")
+PAYLOADS = Path(__file__).parent / "fixtures" / "payloads"
 TOKEN = "test-token-5b1e"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
