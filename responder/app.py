@@ -27,6 +27,7 @@ from responder.payload import PLAIN_JSON, Notification, utf8_text
 from responder.policy import Policy
 from responder.store import Store, StoreError
 from responder.store import work as ops
+from responder.store.base import is_occurrence_id
 from responder.store.intake import IntakeJob
 from responder.store.queries import get_incident, list_incidents
 from responder.wakeup import Wakeup
@@ -126,7 +127,8 @@ async def post_alerts(request: web.Request) -> web.Response:
         return slow
     try:
         body = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+    # ValueError covers JSONDecodeError, UnicodeDecodeError and an integer too long to convert.
+    except (ValueError, RecursionError) as exc:
         metrics.notifications.labels("unknown", "invalid").inc()
         return _error(400, f"body is not JSON: {exc}")
     if not isinstance(body, dict):
@@ -213,6 +215,8 @@ async def get_one(request: web.Request) -> web.Response:
     if not _authorized(request):
         return _unauthorized()
     oid = request.match_info["id"]
+    if not is_occurrence_id(oid):
+        return _error(404, f"no incident {oid!r}")
     try:
         item = await request.app[STORE].run(lambda tx: get_incident(tx, oid))
     except StoreError:
@@ -227,11 +231,13 @@ async def _answer(request: web.Request, approved: bool) -> web.Response:
     if not _authorized(request):
         return _unauthorized()
     oid = request.match_info["id"]
+    if not is_occurrence_id(oid):
+        return _error(404, f"no incident {oid!r}")
     who, reason = "api", ""
     if request.can_read_body:
         try:
             data = await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+        except (ValueError, RecursionError):
             return _error(400, "body must be JSON: {\"by\": \"name\", \"reason\": \"...\"}")
         if not isinstance(data, dict):
             return _error(400, "body must be a JSON object")
@@ -247,7 +253,7 @@ async def _answer(request: web.Request, approved: bool) -> web.Response:
     if status == "not_found":
         return _error(404, f"no incident {oid!r}")
     if status == "conflict":
-        return _error(409, f"incident {oid} is {state}, not awaiting approval")
+        return _error(409, f"incident {oid} has no approval waiting (it is {state})")
     if approved:
         await _wake(request.app)
     request.app[METRICS].decisions.labels("approved" if approved else "rejected").inc()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from functools import cached_property
 from typing import Literal
@@ -16,6 +17,8 @@ from pydantic import (
 )
 
 ZERO_TIME = "0001-01-01T00:00:00Z"
+MAX_TRUNCATED = 2**31 - 1
+_DIGITS = re.compile(r"\d*")
 PLAIN_JSON = "plain_json"
 """Validation context key: the body came from UTF-8 JSON text without any \\u escape. Only an
 escape can then put NUL or a lone surrogate into a string (a raw control character is not JSON,
@@ -34,8 +37,9 @@ class Alert(_Open):
     status: Literal["firing", "resolved"]
     labels: dict[str, str]
     annotations: dict[str, str] = Field(default_factory=dict)
-    starts_at: str = Field(alias="startsAt", min_length=1)
-    ends_at: str = Field(default=ZERO_TIME, alias="endsAt")
+    # RFC 3339 with nanoseconds and an offset is 35 characters: room to spare, not for a flood.
+    starts_at: str = Field(alias="startsAt", min_length=1, max_length=64)
+    ends_at: str = Field(default=ZERO_TIME, alias="endsAt", max_length=64)
     generator_url: str = Field(default="", alias="generatorURL")
     fingerprint: str = Field(min_length=1, max_length=128)
 
@@ -134,7 +138,8 @@ class Notification(_Open):
     status: Literal["firing", "resolved"]
     receiver: str = ""
     group_key: str = Field(default="", alias="groupKey")
-    truncated_alerts: int = Field(default=0, alias="truncatedAlerts", ge=0)
+    # Bounded by what a store's INTEGER column keeps: a bigger count is no Alertmanager's.
+    truncated_alerts: int = Field(default=0, alias="truncatedAlerts", ge=0, le=MAX_TRUNCATED)
     group_labels: dict[str, str] = Field(default_factory=dict, alias="groupLabels")
     common_labels: dict[str, str] = Field(default_factory=dict, alias="commonLabels")
     common_annotations: dict[str, str] = Field(default_factory=dict, alias="commonAnnotations")
@@ -182,10 +187,9 @@ def _parse_normalized(value: str) -> datetime:
     # Go writes up to 9 fractional digits; Python takes at most 6.
     if "." in text:
         head, _, rest = text.partition(".")
-        digits = ""
-        while rest and rest[0].isdigit():
-            digits, rest = digits + rest[0], rest[1:]
-        text = f"{head}.{(digits + '000000')[:6]}{rest}"
+        digits = _DIGITS.match(rest)
+        assert digits is not None  # \d* matches every string
+        text = f"{head}.{(digits.group() + '000000')[:6]}{rest[digits.end():]}"
     try:
         return datetime.fromisoformat(text)
     except ValueError:

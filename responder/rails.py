@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
@@ -41,8 +42,12 @@ class RailFacts:
 
 
 def target_key(labels: Mapping[str, str]) -> str:
-    """The labels that identify what an action works on, as one stable string."""
-    return ",".join(f"{k}={v}" for k, v in sorted(labels.items()) if k not in _NOT_TARGET)
+    """The labels that identify what an action works on, as one stable string.
+
+    JSON, so that no label value (untrusted: it may hold "," or "=") can make two label
+    sets one key and put one target in another's cooldown."""
+    return json.dumps([[k, v] for k, v in sorted(labels.items()) if k not in _NOT_TARGET],
+                      ensure_ascii=False, separators=(",", ":"))
 
 
 def active_window(runbook: Runbook, labels: Mapping[str, str], now: float) -> str | None:

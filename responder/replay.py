@@ -50,7 +50,7 @@ def _when(line: dict[str, Any], note: Notification) -> float:
 def _parse(number: int, text: str) -> tuple[Notification, float] | str:
     try:
         data = json.loads(text)
-    except json.JSONDecodeError as exc:
+    except (ValueError, RecursionError) as exc:
         return f"not JSON: {exc}"
     if not isinstance(data, dict):
         return "a line is a JSON object (a webhook body)"

@@ -28,7 +28,10 @@ class Matcher:
         regex = None
         if op in ("=~", "!~"):
             try:
-                regex = re.compile(f"^(?:{value})$", re.DOTALL)
+                # Alertmanager compiles "^(?:v)$" in Go: anchored at the very end of the text
+                # (Python's "$" also matches before a final newline) and "." never matches a
+                # newline. fullmatch without DOTALL is the same.
+                regex = re.compile(f"(?:{value})")
             except re.error as exc:
                 raise ValueError(f"{value!r} is not a regular expression: {exc}") from exc
         return cls(name, op, value, regex)
@@ -41,7 +44,7 @@ class Matcher:
         if self.op == "!=":
             return actual != self.value
         assert self._regex is not None
-        found = self._regex.match(actual) is not None
+        found = self._regex.fullmatch(actual) is not None
         return found if self.op == "=~" else not found
 
     def __str__(self) -> str:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from responder.rails import target_key
 from responder.store.intake import record_run
 from responder.store.sqlite import SqliteStore
 
@@ -77,7 +78,7 @@ def test_unmatched_alert_pages_the_default_receiver(tmp_path: Path) -> None:
 async def test_rails_come_from_the_store(tmp_path: Path) -> None:
     store = SqliteStore(tmp_path / "data" / "responder.sqlite3")
     await store.open()
-    target = "deployment=mailer"
+    target = target_key(CRITICAL)
 
     async def ran_recently(tx: object) -> None:
         await record_run(tx, "scale", target, "occ-1", time.time() - 60)  # type: ignore[arg-type]

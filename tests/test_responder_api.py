@@ -44,6 +44,9 @@ async def test_wrong_or_missing_token_is_401(client: Client, header: str | None)
     (json.dumps({k: v for k, v in body().items() if k != "status"}).encode(), 400, "status"),
     (b"\xff\xfe", 400, "not JSON"),
     (json.dumps(body()).encode() + b" " * 70_000, 413, "larger than"),
+    # An integer past Python's 4,300-digit limit raises ValueError, not JSONDecodeError.
+    (b'{"x": ' + b"9" * 5000 + b"}", 400, "body is not JSON"),
+    (json.dumps({**body(), "truncatedAlerts": 2**63}).encode(), 400, "truncatedAlerts"),
 ])
 async def test_malformed_bodies_get_4xx_with_reason(client: Client, payload: bytes, status: int,
                                                      reason: str) -> None:
@@ -89,7 +92,19 @@ async def test_bad_query_parameters(client: Client) -> None:
     assert (await client.get("/incidents/unknown", headers=AUTH)).status == 404
     bad = await client.post("/incidents/x/approve", data="{", headers={
         **AUTH, "Content-Type": "application/json"})
-    assert bad.status == 400
+    assert bad.status == 404  # no such incident, whatever the body
+    await post(client, body())
+    oid = (await (await client.get("/incidents", headers=AUTH)).json())["incidents"][0]["id"]
+    for text in ("{", '{"by": ' + "9" * 5000 + "}"):
+        bad = await client.post(f"/incidents/{oid}/approve", data=text, headers={
+            **AUTH, "Content-Type": "application/json"})
+        assert bad.status == 400, await bad.text()
+    # Ids no occurrence can have are unknown before the store is asked (a NUL would make
+    # PostgreSQL refuse the query, which is not the store failing).
+    for path in ("/incidents/a%00b", "/incidents/a%00b/approve", "/incidents/" + "f" * 17):
+        answer = await (client.get(path, headers=AUTH) if not path.endswith("approve")
+                        else client.post(path, headers=AUTH))
+        assert answer.status == 404, path
 
 
 async def test_metrics_count_notifications_decisions_and_errors(client: Client) -> None:

@@ -111,6 +111,45 @@ async def test_approve_and_reject(store: Store, tmp_path: Path) -> None:
         assert missing.status == 404
 
 
+async def test_an_approval_track_beside_other_tracks_can_be_answered_once(
+        store: Store, tmp_path: Path) -> None:
+    ran, asked = tmp_path / "auto.txt", tmp_path / "approved.txt"
+    rules = (auto_rule(ran, "    continue: true\n")
+             + auto_rule(asked).replace("name: gauge", "name: ask").replace("mode: auto",
+                                                                             "mode: approve"))
+    async with page_sink() as (_sink, url), responder(load(rules, url), store) as client:
+        await post(client, body())
+        # The automatic track runs and moves the occurrence's state on; the approval still waits.
+        data = await wait_state(client, oid(), "acted")
+        assert [d["outcome"] for d in data["decision"]] == ["queued", "awaiting_approval"]
+        ok = await client.post(f"/incidents/{oid()}/approve", headers=AUTH, json={"by": "ana"})
+        assert ok.status == 200, await ok.text()
+        for _ in range(200):
+            if asked.exists():
+                break
+            await asyncio.sleep(0.05)
+        assert asked.read_text() == "host-1\n"
+        again = await client.post(f"/incidents/{oid()}/reject", headers=AUTH)
+        assert again.status == 409
+        assert "no approval waiting" in (await again.json())["error"]
+        assert ran.read_text() == "host-1\n"
+
+    page_first = (auto_rule(ran).replace("mode: auto", "mode: page").replace(
+        "cooldown: 0s\n", "cooldown: 0s\n    continue: true\n")
+        + auto_rule(asked).replace("name: gauge", "name: ask").replace("mode: auto",
+                                                                        "mode: approve"))
+    async with page_sink() as (sink, url), responder(load(page_first, url), store) as client:
+        await post(client, body(alert("fp2")))
+        await wait_state(client, oid("fp2"), "paged")
+        assert len(sink.received) == 1
+        no = await client.post(f"/incidents/{oid('fp2')}/reject", headers=AUTH)
+        assert no.status == 200, await no.text()
+        assert (await no.json())["state"] == "paged"
+        assert "rejected" in kinds(await incident(client, oid("fp2")))
+        assert (await client.post(f"/incidents/{oid('fp2')}/approve",
+                                  headers=AUTH)).status == 409
+
+
 async def test_unmatched_alert_pages_a_human(store: Store, tmp_path: Path) -> None:
     async with page_sink() as (sink, url), \
             responder(load(auto_rule(tmp_path / "x"), url), store) as client:

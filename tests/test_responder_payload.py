@@ -47,6 +47,12 @@ def test_nanosecond_timestamps_and_zones_normalize() -> None:
     (lambda d: d["alerts"][0].update(status="pending"), "status"),
     (lambda d: d["alerts"][0]["labels"].update(n=1), "labels"),
     (lambda d: d.update(truncatedAlerts=-1), "truncatedAlerts"),
+    # More than a store's INTEGER column keeps: refused here, not failed at the store.
+    (lambda d: d.update(truncatedAlerts=2**31), "truncatedAlerts"),
+    (lambda d: d.update(truncatedAlerts=2**63), "truncatedAlerts"),
+    (lambda d: d["alerts"][0].update(startsAt="2026-11-24T07:12:19." + "1" * 60 + "Z"),
+     "startsAt"),
+    (lambda d: d["alerts"][0].update(endsAt="2026-11-24T07:12:19." + "1" * 60 + "Z"), "endsAt"),
 ])
 def test_malformed_bodies_fail_naming_the_field(mutate: object, where: str) -> None:
     data = json.loads(json.dumps(body()))
@@ -103,3 +109,8 @@ def test_a_body_vouched_plain_is_not_walked_but_others_are(bad: str) -> None:
         Notification.model_validate(data)
     # Only the caller's word skips the walk: the app gives it for UTF-8 text without \u.
     assert Notification.model_validate(data, context={PLAIN_JSON: True})
+
+
+def test_a_long_fraction_is_cut_to_microseconds() -> None:
+    value = "2026-11-24T07:12:19." + "1" * 200 + "+01:00"
+    assert parse_time(value) == parse_time("2026-11-24T06:12:19.111111Z")

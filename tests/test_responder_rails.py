@@ -13,10 +13,11 @@ import pytest
 
 from responder.payload import Notification
 from responder.policy import Policy
-from responder.rails import active_window
+from responder.rails import active_window, target_key
 from responder.store import Store, open_store
 from responder.store.intake import intake
 from responder.store.queries import get_incident
+from runbook.matchers import Matcher
 from tests.test_responder_support import alert, append_argv, body, load
 
 
@@ -140,3 +141,43 @@ async def test_first_match_wins_unless_continue(store: Store, tmp_path: Path) ->
     assert [d["rule"] for d in occ["decision"]] == ["notify", "fix"]
     assert [d["outcome"] for d in occ["decision"]] == ["paging", "queued"]
     assert occ["state"] == "queued"
+
+
+@pytest.mark.parametrize(("op", "pattern", "value", "expected"), [
+    ("=~", "web-1", "web-1", True),
+    # Alertmanager anchors at the very end of the text: a trailing newline is not the end.
+    ("=~", "web-1", "web-1\n", False),
+    ("!~", "prod", "prod\n", True),
+    # Its "." never matches a newline.
+    ("=~", "a.b", "a\nb", False),
+    ("=~", "a.b", "axb", True),
+    ("=~", "a|b", "ab", False),
+    ("=~", "", "", True),
+])
+def test_regex_matchers_match_as_alertmanager_does(op: str, pattern: str, value: str,
+                                                    expected: bool) -> None:
+    assert Matcher.create("instance", op, pattern).matches({"instance": value}) is expected
+
+
+def test_target_keys_of_different_label_sets_never_collide() -> None:
+    assert target_key({"a": "1,b=2"}) != target_key({"a": "1", "b": "2"})
+    assert target_key({"a": "1", "alertname": "X", "severity": "page"}) == target_key({"a": "1"})
+
+
+async def test_continue_tracks_count_against_the_global_rails(store: Store,
+                                                              tmp_path: Path) -> None:
+    rules = (rule(tmp_path / "o", "    continue: true\n    cooldown: 0s\n", name="first")
+             + rule(tmp_path / "o", "    cooldown: 0s\n", name="second"))
+    now = time.time()
+    policy = Policy(load(rules, extra="rails: {max_concurrent: 1}\n"))
+    occ, = await decide(store, policy, alert("t1"), now=now)
+    assert [d["outcome"] for d in occ["decision"]] == ["queued", "paging"]
+    assert "rail concurrency: 1 remediations queued or running (limit 1)" \
+        in occ["decision"][1]["reason"]
+    # An hour on (t1's run still counts as active, against a higher limit now).
+    policy = Policy(load(rules, extra="rails: {max_concurrent: 5, rate_limit: {count: 1, "
+                                      "per: 1m}}\n"))
+    occ, = await decide(store, policy, alert("t2", instance="h7"), now=now + 3600)
+    assert [d["outcome"] for d in occ["decision"]] == ["queued", "paging"]
+    assert "rail rate_limit: 1 automatic runs in the last 60s (limit 1)" \
+        in occ["decision"][1]["reason"]

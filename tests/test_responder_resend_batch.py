@@ -141,3 +141,30 @@ async def test_a_failing_resend_fails_alone_and_the_others_are_recorded(tmp_path
         conn.close()
     assert receivers == ["responder", "ok-1", "ok-2"]
     assert [json.loads(d)["receiver"] for _, d in steps] == ["ok-1", "ok-2"]
+
+
+async def test_a_value_sqlite_cannot_bind_fails_alone_and_the_writer_goes_on(
+        tmp_path: Path) -> None:
+    policy = Policy(load(PAGE_RULE))
+    store = SqliteStore(tmp_path / "s.sqlite3")
+    await store.open()
+    try:
+        await store.run_intake(IntakeJob(Notification.model_validate(body(alert("a"))), "{}",
+                                         policy, 1.0))
+        # Not sqlite3.Error: binding a lone surrogate raises UnicodeEncodeError, binding an
+        # integer past 64 bits OverflowError. Neither may end the writer thread.
+        bodies = ["{}", "\ud800", "{}"]
+        jobs = [IntakeJob(Notification.model_validate(body(alert("a"), receiver=f"r{i}")),
+                          text, policy, 2.0 + i, known=True) for i, text in enumerate(bodies)]
+        held = await _hold_writer(store, 0.3)
+        outcomes = await asyncio.wait_for(asyncio.gather(
+            *(store.run_intake(j) for j in jobs), return_exceptions=True), 5)
+        await held
+        after = await asyncio.wait_for(store.run_intake(IntakeJob(
+            Notification.model_validate(body(alert("a"), receiver="after")), "{}", policy,
+            9.0, known=True)), 5)
+    finally:
+        await store.close()
+    assert [type(o).__name__ for o in outcomes] == ["IntakeResult", "UnicodeEncodeError",
+                                                    "IntakeResult"]
+    assert [a.status for a in after.alerts] == ["deduplicated"]

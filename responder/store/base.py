@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -55,6 +56,14 @@ def dumps(value: Any) -> str:
 def occurrence_id(fingerprint: str, starts_key: str) -> str:
     """A stable id of one occurrence: the same on every replica and after restarts."""
     return hashlib.sha256(f"{fingerprint}|{starts_key}".encode()).hexdigest()[:16]
+
+
+_OCCURRENCE_ID = re.compile(r"[0-9a-f]{16}")
+
+
+def is_occurrence_id(text: str) -> bool:
+    """Whether the text can be an occurrence id at all (what occurrence_id() gives)."""
+    return _OCCURRENCE_ID.fullmatch(text) is not None
 
 
 async def add_step(tx: Tx, occurrence: str, kind: str, detail: dict[str, Any],

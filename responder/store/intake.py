@@ -8,7 +8,7 @@ unique key (fingerprint, startsAt) lets exactly one transaction decide it.
 from __future__ import annotations
 
 from collections.abc import Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import Any
 
@@ -243,12 +243,19 @@ async def _decide(tx: Tx, oid: str, alert: Alert, matches: list[RuleMatch | None
     """Decide a new occurrence (under the decision lock when rails apply); insert it with its
     decision."""
     decisions: list[TrackDecision] = []
+    queued = 0
     for match in matches:
         facts = None
         if policy.needs_facts(match):
             assert match is not None
             facts = await rail_facts(tx, policy, match, target_key(alert.labels), now)
-        decisions.append(policy.decide(match, alert.labels, facts, now))
+            # Earlier tracks of this occurrence are queued only further down: count them
+            # against the global rails now, or `continue` rules would pass them together.
+            facts = replace(facts, runs_in_rate_window=facts.runs_in_rate_window + queued,
+                            active_runs=facts.active_runs + queued)
+        decision = policy.decide(match, alert.labels, facts, now)
+        queued += decision.outcome == "queued"
+        decisions.append(decision)
     # A page Alertmanager has sent already (a page rule, or no rule) is not sent again; a page
     # that a rail turned an action into is the responder's own and is still sent.
     already = [paged_by is not None and d.outcome == "paging"

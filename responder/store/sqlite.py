@@ -201,9 +201,12 @@ class SqliteStore(Store):
                 results.append(_run_one(conn, tx, future, op))
             results += _record_resends(conn, tx, resends)
             conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
+        except Exception as exc:  # whatever a batch raises, the writer thread must go on
+            try:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+            except sqlite3.Error as again:
+                log.error("SQLite rollback failed: %s", again)
             lost = StoreError(f"SQLite commit failed: {exc}")
             results = [(f, None, lost) for f, _ in batch]
         assert self._loop is not None
@@ -263,7 +266,7 @@ def _insert_resends(conn: sqlite3.Connection, tx: SqliteTx,
             answers.append((future, result, None))
         conn.executemany(_INSERT_NOTIFICATION, notifications)
         conn.executemany(_INSERT_STEP, steps)
-    except sqlite3.Error as exc:
+    except Exception as exc:  # not only sqlite3.Error: a value that cannot be bound raises others
         log.warning("recording %d resends together failed (%s): recording each alone",
                     len(jobs), exc)
         conn.execute("ROLLBACK TO resends")

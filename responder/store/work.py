@@ -261,19 +261,28 @@ async def recover(tx: Tx, owner: str, now: float, everything: bool,
 async def approve(tx: Tx, oid: str, approved: bool, who: str, reason: str,
                   now: float) -> tuple[str, str | None]:
     """A human's answer to an approval: ('ok'|'not_found'|'conflict', state)."""
-    occ = await tx.fetchone(f"SELECT state, decision FROM occurrences WHERE id = ?"  # noqa: S608 - only constant dialect text is inserted
+    occ = await tx.fetchone(f"SELECT state, decision, resolved_at FROM occurrences WHERE id = ?"  # noqa: S608 - only constant dialect text is inserted
                             f"{tx.for_update}", oid)
     if occ is None:
         return "not_found", None
-    if occ["state"] != "awaiting_approval":
-        return "conflict", str(occ["state"])
+    state = str(occ["state"])
+    # The approval belongs to the tracks that await it, not to the occurrence's state: another
+    # track (an automatic run, a page) may have moved the state on meanwhile.
+    waiting = [(track, d) for track, d in enumerate(json.loads(occ["decision"]))
+               if d.get("outcome") == "awaiting_approval"]
+    answered = await tx.fetchone("SELECT id FROM steps WHERE occurrence_id = ? "
+                                 "AND kind IN ('approved', 'rejected')", oid)
+    if not waiting or answered is not None or occ["resolved_at"] is not None:
+        return "conflict", state
     detail = {"by": who, "reason": reason}
     if not approved:
-        return "ok", await _state(tx, oid, "rejected", now, "rejected", detail)
-    for track, decision in enumerate(json.loads(occ["decision"])):
-        if decision.get("outcome") == "awaiting_approval":
-            await enqueue(tx, oid, track, "run", 1, decision["plan"], now)
-            await record_run(tx, decision["rule"], decision["target"], oid, now)
+        if state == "awaiting_approval":
+            return "ok", await _state(tx, oid, "rejected", now, "rejected", detail)
+        await add_step(tx, oid, "rejected", {**detail, "state": state}, now)
+        return "ok", state
+    for track, decision in waiting:
+        await enqueue(tx, oid, track, "run", 1, decision["plan"], now)
+        await record_run(tx, decision["rule"], decision["target"], oid, now)
     return "ok", await _state(tx, oid, "queued", now, "approved", detail)
 
 
