@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     Discriminator,
@@ -98,6 +99,28 @@ class RedisTarget(Strict):
         return self
 
 
+# Label names a query's column may not take, and why: the exposition would be refused, or
+# the sample would be read as something it is not.
+_RESERVED_LABELS = {
+    "target": "the collector adds it (the watch entry's name)",
+    "le": "Prometheus uses it for histogram buckets",
+    "quantile": "Prometheus uses it for summary quantiles",
+}
+
+
+def _query_label(name: str) -> str:
+    if not re.match(LABEL_NAME, name):
+        raise ValueError(f"{name!r} is not a Prometheus label name (letters, digits and _, "
+                         "not starting with a digit); rename the column with AS")
+    if name.startswith("__"):
+        raise ValueError(f"{name!r} is reserved: label names starting with __ are "
+                         "Prometheus' own; rename the column with AS")
+    if name in _RESERVED_LABELS:
+        raise ValueError(f"{name!r} is reserved: {_RESERVED_LABELS[name]}; rename the column "
+                         "with AS")
+    return name
+
+
 class CustomQuery(Strict):
     """A SQL query whose rows become a labelled gauge."""
 
@@ -105,7 +128,21 @@ class CustomQuery(Strict):
     sql: str
     help: str = ""
     value: str = Field(description="column holding the number")
-    labels: list[str] = Field(default_factory=list, description="columns that become labels")
+    labels: list[Annotated[str, AfterValidator(_query_label)]] = Field(
+        default_factory=list,
+        description="columns that become labels: Prometheus label names, not `target`, "
+                    "`le`, `quantile` nor starting with `__`",
+    )
+
+    @field_validator("labels")
+    @classmethod
+    def _distinct_labels(cls, value: list[str]) -> list[str]:
+        seen: set[str] = set()
+        for name in value:
+            if name in seen:
+                raise ValueError(f"{name!r} is listed twice (a label is one column)")
+            seen.add(name)
+        return value
 
 
 class PostgresTarget(Strict):

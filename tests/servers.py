@@ -107,6 +107,7 @@ class PostgresServer:
 
     port: int
     dir: Path
+    shared_preload_libraries: str = "pg_stat_statements"
 
     @property
     def data(self) -> Path:
@@ -119,10 +120,12 @@ class PostgresServer:
         _as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(self.data), *args])
 
     def start(self) -> None:
+        preload = f"-c shared_preload_libraries={self.shared_preload_libraries} " \
+            if self.shared_preload_libraries else ""
         self._pg_ctl(
             "-l", str(self.dir / "postgres.log"), "-w", "-t", "60",
             "-o", f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off "
-                  "-c shared_preload_libraries=pg_stat_statements -c max_connections=200",
+                  f"{preload}-c max_connections=200",
             "start",
         )
 
@@ -152,8 +155,9 @@ def _as_postgres(argv: list[str]) -> None:
                    close_fds=True)
 
 
-def start_postgres() -> PostgresServer:
-    """initdb and start a PostgreSQL 15 cluster on a free port in a temp dir."""
+def start_postgres(shared_preload_libraries: str = "pg_stat_statements") -> PostgresServer:
+    """initdb and start a PostgreSQL 15 cluster on a free port in a temp dir ("" preloads
+    nothing: pg_stat_statements can then be created but not read)."""
     if not (PG_BIN / "initdb").exists():
         raise FileNotFoundError(f"{PG_BIN}/initdb is missing (the README's test command installs "
                                 "postgresql)")
@@ -164,9 +168,10 @@ def start_postgres() -> PostgresServer:
         os.chown(directory, entry.pw_uid, entry.pw_gid)
     _as_postgres([str(PG_BIN / "initdb"), "-D", str(directory / "data"), "-A", "trust",
                   "-U", "postgres", "--no-sync", "-E", "UTF8", "--locale=C.UTF-8"])
-    server = PostgresServer(free_port(), directory)
+    server = PostgresServer(free_port(), directory, shared_preload_libraries)
     server.start()
-    server.psql("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+    if "pg_stat_statements" in shared_preload_libraries:
+        server.psql("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
     return server
 
 

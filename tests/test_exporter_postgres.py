@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import shutil
+import subprocess
+from collections.abc import AsyncIterator, Iterator
 
 import asyncpg
 import pytest
@@ -10,11 +14,36 @@ from prometheus_client.core import Metric
 
 from exporter.collectors.postgres import CustomSql, PostgresCollector
 from exporter.resources import open_pool
-from tests.servers import PostgresServer
+from tests.servers import PostgresServer, start_postgres
+from tests.test_exporter_support import runbook, samples, scrape_text, serve, value
 
 
 def by_name(families: list[Metric]) -> dict[str, Metric]:
     return {f.name: f for f in families}
+
+
+@pytest.fixture(scope="module")
+def quiet_postgres() -> Iterator[PostgresServer]:
+    """A cluster of this module's own, without pg_stat_statements in shared_preload_libraries,
+    where no other test's sessions run."""
+    server = start_postgres(shared_preload_libraries="")
+    try:
+        yield server
+    finally:
+        server.stop("immediate")
+        shutil.rmtree(server.dir, ignore_errors=True)
+
+
+@contextlib.asynccontextmanager
+async def scratch(server: PostgresServer, *names: str) -> AsyncIterator[None]:
+    """Roles or databases (`ROLE x`, `DATABASE y`) created by the test, dropped after it."""
+    try:
+        yield
+    finally:
+        for name in reversed(names):
+            extra = " WITH (FORCE)" if name.startswith("DATABASE") else ""
+            with contextlib.suppress(subprocess.CalledProcessError):
+                server.psql(f"DROP {name.replace(' ', ' IF EXISTS ', 1)}{extra}")
 
 
 async def test_connections_long_queries_idle_in_transaction(postgres_dsn: str) -> None:
@@ -37,7 +66,7 @@ async def test_connections_long_queries_idle_in_transaction(postgres_dsn: str) -
         assert 1.0 < longest < 5.0
         assert samples["runbook_pg_idle_in_transaction"] == [({"target": "db"}, 1.0)]
         states = {labels["state"]: v for labels, v in samples["runbook_pg_connections"]}
-        assert states["active"] >= 2  # the sleeper and the collector itself
+        assert states["active"] >= 1  # the sleeper (the collector's own query is not counted)
         assert states["idle in transaction"] == 1
         assert samples["runbook_pg_max_connections"] == [({"target": "db"}, 200.0)]
         dbname = postgres_dsn.rsplit("/", 1)[1]
@@ -87,3 +116,103 @@ async def test_statement_timeout_bounds_custom_queries(postgres_dsn: str) -> Non
             await c.collect()
     finally:
         await pool.close()
+
+
+async def test_own_query_is_not_counted_as_active(quiet_postgres: PostgresServer) -> None:
+    pool = await open_pool(quiet_postgres.dsn(), 5.0)
+    try:
+        families = by_name(await PostgresCollector("db", 5.0, pool=pool).collect())
+        states = {s.labels["state"]: s.value for s in families["runbook_pg_connections"].samples}
+        # Nothing else runs on this cluster: every active client backend would be our own.
+        assert states.get("active", 0.0) == 0.0, states
+    finally:
+        await pool.close()
+
+
+async def test_statements_created_but_not_preloaded_is_no_data(
+        quiet_postgres: PostgresServer) -> None:
+    quiet_postgres.psql("CREATE DATABASE unloaded")
+    async with scratch(quiet_postgres, "DATABASE unloaded"):
+        quiet_postgres.psql("CREATE EXTENSION pg_stat_statements", "unloaded")
+        loaded = runbook("watch:\n  postgres:\n    - {name: db, dsn_env: DB_DSN}\n")
+        async with serve(loaded, collectors=["postgres"],
+                         env={"DB_DSN": quiet_postgres.dsn("unloaded")}) as client:
+            found = samples(await scrape_text(client))
+            detail = await (await client.get("/health/detail")).json()
+        assert value(found, "runbook_pg_up", target="db") == 1
+        assert value(found, "runbook_pg_max_connections", target="db") == 200
+        assert value(found, "runbook_pg_database_size_bytes", target="db", datname="unloaded") > 0
+        assert value(found, "runbook_pg_stat_statements_available", target="db") == 0
+        assert not any(name.startswith("runbook_pg_statement") for name, _ in found)
+        (row,) = detail["collectors"]
+        assert row["up"] is True
+        reason = str(row["pg_stat_statements"])
+        assert reason.startswith("no data"), reason
+        assert "shared_preload_libraries" in reason, reason
+
+
+async def test_top_statements_are_one_series_per_queryid_across_roles(
+        postgres_server: PostgresServer, postgres_dsn: str) -> None:
+    dbname = postgres_dsn.rsplit("/", 1)[1]
+    postgres_server.psql("CREATE EXTENSION pg_stat_statements", dbname)
+    roles = (f"{dbname}_alice", f"{dbname}_bob")
+    for role in roles:
+        postgres_server.psql(f"CREATE ROLE {role} LOGIN")
+    async with scratch(postgres_server, *(f"ROLE {r}" for r in roles)):
+        # The same statement (constants are normalised away) run once by each role.
+        for role, seconds in zip(roles, ("0.02", "0.2"), strict=True):
+            conn = await asyncpg.connect(postgres_dsn, user=role)
+            await conn.execute(f"SELECT pg_sleep({seconds})")
+            await conn.close()
+        pool = await open_pool(postgres_dsn, 5.0)
+        try:
+            rows = await pool.fetch(
+                "SELECT queryid::text AS queryid, total_exec_time, calls FROM pg_stat_statements"
+                " WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())"
+                " AND query LIKE 'SELECT pg_sleep(%'")
+            assert len(rows) == 2, rows  # one row per role ...
+            assert rows[0]["queryid"] == rows[1]["queryid"], rows  # ... of the same queryid
+            combined = sum(r["total_exec_time"] for r in rows) / sum(r["calls"] for r in rows)
+            c = PostgresCollector("db", 5.0, pool=pool, top_statements=100)
+            top = by_name(await c.collect())["runbook_pg_statement_mean_seconds"].samples
+        finally:
+            await pool.close()
+    queryids = [s.labels["queryid"] for s in top]
+    assert len(queryids) == len(set(queryids)), queryids
+    sleep = next(s for s in top if s.labels["queryid"] == rows[0]["queryid"])
+    assert sleep.value == pytest.approx(combined / 1000)
+    assert 0.1 < sleep.value < 0.2
+
+
+async def test_database_a_role_may_not_connect_to_is_left_out_of_sizes(
+        postgres_server: PostgresServer, postgres_dsn: str) -> None:
+    dbname = postgres_dsn.rsplit("/", 1)[1]
+    private, monitor = f"{dbname}_private", f"{dbname}_monitor"
+    postgres_server.psql(f"CREATE DATABASE {private}")
+    postgres_server.psql(f"CREATE ROLE {monitor} LOGIN")
+    async with scratch(postgres_server, f"DATABASE {private}", f"ROLE {monitor}"):
+        postgres_server.psql(f"REVOKE CONNECT ON DATABASE {private} FROM PUBLIC")
+        pool = await open_pool(postgres_dsn.replace("postgres@", f"{monitor}@"), 5.0)
+        try:
+            families = by_name(await PostgresCollector("db", 5.0, pool=pool).collect())
+        finally:
+            await pool.close()
+    sizes = {s.labels["datname"] for s in families["runbook_pg_database_size_bytes"].samples}
+    assert dbname in sizes
+    assert private not in sizes
+
+
+async def test_only_real_templates_are_left_out(postgres_server: PostgresServer,
+                                                postgres_dsn: str) -> None:
+    dbname = postgres_dsn.rsplit("/", 1)[1]
+    named_like_a_template = f"templates_app_{dbname}"
+    postgres_server.psql(f"CREATE DATABASE {named_like_a_template}")
+    async with scratch(postgres_server, f"DATABASE {named_like_a_template}"):
+        pool = await open_pool(postgres_dsn, 5.0)
+        try:
+            families = by_name(await PostgresCollector("db", 5.0, pool=pool).collect())
+        finally:
+            await pool.close()
+    sizes = {s.labels["datname"] for s in families["runbook_pg_database_size_bytes"].samples}
+    assert named_like_a_template in sizes
+    assert not sizes & {"template0", "template1"}

@@ -556,6 +556,44 @@ def test_bad_regex_in_log_patterns(tmp_path: Path) -> None:
         """, (6, "watch.logs[0].patterns", ("error: '([unclosed' is not a regular expression",)))
 
 
+@pytest.mark.parametrize(("label", "words"), [
+    ("db-name", ("'db-name' is not a Prometheus label name", "letters, digits and _")),
+    ("1st", ("'1st' is not a Prometheus label name",)),
+    ("target", ("'target' is reserved", "the collector adds it")),
+    ("le", ("'le' is reserved", "histogram buckets")),
+    ("quantile", ("'quantile' is reserved", "summary quantiles")),
+    ("__name__", ("'__name__' is reserved", "starting with __")),
+])
+def test_custom_query_label_prometheus_would_refuse_or_overwrite(
+        tmp_path: Path, label: str, words: tuple[str, ...]) -> None:
+    check(tmp_path, f"""
+        service: api
+        watch:
+          postgres:
+            - name: main
+              dsn_env: DB_DSN
+              queries:
+                - name: orders
+                  sql: SELECT 1 AS n
+                  value: n
+                  labels:
+                    - kind
+                    - "{label}"
+        """, (12, "watch.postgres[0].queries[0].labels[1]", words))
+
+
+def test_custom_query_label_listed_twice(tmp_path: Path) -> None:
+    check(tmp_path, """
+        service: api
+        watch:
+          postgres:
+            - name: main
+              dsn_env: DB_DSN
+              queries:
+                - {name: orders, sql: SELECT 1 AS n, value: n, labels: [kind, state, kind]}
+        """, (7, "watch.postgres[0].queries[0].labels", ("'kind' is listed twice",)))
+
+
 def test_freshness_names_unknown_redis_target(tmp_path: Path) -> None:
     check(tmp_path, """
         service: api

@@ -13,9 +13,11 @@ from exporter.collectors.base import Collector, counter, gauge, one
 if TYPE_CHECKING:
     import asyncpg  # imported where a pool is opened: only runbooks with PostgreSQL pay for it
 
+# The exporter's own backend is left out: it is always active while it asks.
 ACTIVITY_SQL = """
 SELECT coalesce(state, 'unknown') AS state, count(*)::float8 AS n
-FROM pg_stat_activity WHERE backend_type = 'client backend' GROUP BY 1
+FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()
+GROUP BY 1
 """
 LONG_SQL = """
 SELECT
@@ -28,10 +30,18 @@ SELECT
 FROM pg_stat_activity
 WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()
 """
+# pg_database_size raises for a database the role may not CONNECT to (unless it has
+# pg_read_all_stats), which would fail the whole collector: such a size is NULL and skipped,
+# while its deadlocks and blocks, readable by anyone, are still counted.
 DATABASE_SQL = """
-SELECT datname, pg_database_size(datname)::float8 AS size, deadlocks::float8 AS deadlocks,
-       blks_hit::float8 AS blks_hit, blks_read::float8 AS blks_read
-FROM pg_stat_database WHERE datname IS NOT NULL AND datname NOT LIKE 'template%'
+SELECT s.datname,
+       CASE WHEN has_database_privilege(d.oid, 'CONNECT')
+                 OR pg_has_role('pg_read_all_stats', 'USAGE')
+            THEN pg_database_size(d.oid) END::float8 AS size,
+       s.deadlocks::float8 AS deadlocks, s.blks_hit::float8 AS blks_hit,
+       s.blks_read::float8 AS blks_read
+FROM pg_stat_database s JOIN pg_database d ON d.oid = s.datid
+WHERE NOT d.datistemplate
 """
 SETTINGS_SQL = """
 SELECT current_setting('max_connections')::float8 AS max_connections,
@@ -46,13 +56,21 @@ SELECT coalesce(sum(total_exec_time) / nullif(sum(calls), 0), 0)::float8 / 1000 
 FROM pg_stat_statements
 WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
 """
+# pg_stat_statements keeps a row per (userid, dbid, queryid, toplevel): the rows of one
+# queryid are summed, or a query run by two roles would be two samples with the same labels.
 STATEMENTS_TOP_SQL = """
-SELECT queryid::text AS queryid, (mean_exec_time / 1000)::float8 AS mean
+SELECT queryid::text AS queryid,
+       coalesce(sum(total_exec_time) / nullif(sum(calls), 0), 0)::float8 / 1000 AS mean
 FROM pg_stat_statements
 WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
   AND queryid IS NOT NULL
-ORDER BY mean_exec_time DESC LIMIT $1
+GROUP BY queryid
+ORDER BY mean DESC LIMIT $1
 """
+STATEMENTS_NOT_INSTALLED = ("no data: the extension is not installed in this database "
+                            "(CREATE EXTENSION pg_stat_statements)")
+STATEMENTS_NOT_LOADED = ("no data: the extension is installed but not loaded (add "
+                         "pg_stat_statements to shared_preload_libraries and restart PostgreSQL)")
 
 
 @dataclass(frozen=True)
@@ -81,12 +99,12 @@ class PostgresCollector(Collector):
         self.long_query = long_query
         self.top_statements = top_statements
         self.queries = tuple(queries)
-        self.statements_available: bool | None = None
+        # Why the last scrape had no statement metrics; None when it had them.
+        self.statements_missing: str | None = None
 
     def detail(self) -> dict[str, object]:
-        if self.statements_available is False:
-            return {"pg_stat_statements": "no data: the extension is not installed in this "
-                                          "database (CREATE EXTENSION pg_stat_statements)"}
+        if self.statements_missing is not None:
+            return {"pg_stat_statements": self.statements_missing}
         return {}
 
     async def collect(self) -> list[Metric]:
@@ -98,10 +116,7 @@ class PostgresCollector(Collector):
             settings = await conn.fetchrow(SETTINGS_SQL)
             assert long is not None
             assert settings is not None
-            self.statements_available = bool(settings["pgss"])
-            statements: list[Metric] = []
-            if self.statements_available:
-                statements = await self._statements(conn)
+            statements = await self._statements(conn, installed=bool(settings["pgss"]))
             custom = [await self._custom(conn, q) for q in self.queries]
         connections = gauge("runbook_pg_connections", "Client connections by state",
                             ("target", "state"))
@@ -111,14 +126,15 @@ class PostgresCollector(Collector):
         deadlocks = counter("runbook_pg_deadlocks", "Deadlocks detected", ("target", "datname"))
         hit, read = 0.0, 0.0
         for row in databases:
-            size.add_metric([t, row["datname"]], row["size"])
+            if row["size"] is not None:
+                size.add_metric([t, row["datname"]], row["size"])
             deadlocks.add_metric([t, row["datname"]], row["deadlocks"])
             hit += row["blks_hit"]
             read += row["blks_read"]
         available = gauge("runbook_pg_stat_statements_available",
-                          "1 if pg_stat_statements is installed (0: statement metrics absent)",
-                          ("target",))
-        available.add_metric([t], 1.0 if self.statements_available else 0.0)
+                          "1 if pg_stat_statements is installed and loaded (0: statement "
+                          "metrics absent)", ("target",))
+        available.add_metric([t], 1.0 if self.statements_missing is None else 0.0)
         return [
             connections,
             one("runbook_pg_max_connections", "max_connections setting", t,
@@ -140,14 +156,29 @@ class PostgresCollector(Collector):
             *custom,
         ]
 
-    async def _statements(self, conn: asyncpg.Connection) -> list[Metric]:
+    async def _statements(self, conn: asyncpg.Connection, *, installed: bool) -> list[Metric]:
+        """The statement families, or none with statements_missing saying why."""
+        import asyncpg  # already loaded by the pool `conn` came from
+
+        self.statements_missing = None if installed else STATEMENTS_NOT_INSTALLED
+        if not installed:
+            return []
+        try:
+            return await self._read_statements(conn)
+        except asyncpg.ObjectNotInPrerequisiteStateError:
+            # CREATE EXTENSION works without the library in shared_preload_libraries; only
+            # reading the view then fails, and that must not take the other metrics down.
+            self.statements_missing = STATEMENTS_NOT_LOADED
+            return []
+
+    async def _read_statements(self, conn: asyncpg.Connection) -> list[Metric]:
         t = self.target
         mean = await conn.fetchval(STATEMENTS_MEAN_SQL)
         out: list[Metric] = [one("runbook_pg_statements_mean_seconds",
                                  "Mean execution time over all statements", t, float(mean))]
         if self.top_statements > 0:
             top = gauge("runbook_pg_statement_mean_seconds",
-                        "Mean execution time of the slowest statements (top N)",
+                        "Mean execution time of the slowest statements (top N), all roles",
                         ("target", "queryid"))
             for row in await conn.fetch(STATEMENTS_TOP_SQL, self.top_statements):
                 top.add_metric([t, row["queryid"]], row["mean"])
