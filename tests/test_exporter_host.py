@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
+import time
+from collections import Counter
 from pathlib import Path
 
+import psutil
 import pytest
+from prometheus_client.core import Metric
 
-from exporter.collectors.host import HostCollector
+from exporter.collectors.host import DiskUsage, HostCollector
+from exporter.scrape import Scraper
 
 GIB = 1024**3
 
@@ -106,3 +113,84 @@ async def test_disk_and_families(tmp_path: Path) -> None:
     assert {s.labels["mount"] for s in disk.samples} == {"/", str(tmp_path)}
     assert all(s.value > 0 for s in disk.samples)
     assert families["runbook_host_cpu_seconds"].type == "counter"
+
+
+def samples(families: list[Metric], name: str) -> dict[str, float]:
+    """The family's values by mount."""
+    family = next(f for f in families if f.name == name)
+    return {s.labels["mount"]: s.value for s in family.samples}
+
+
+async def test_a_missing_mount_is_flagged_and_the_rest_still_reported(tmp_path: Path) -> None:
+    proc = fake_proc(tmp_path)
+    gone = str(tmp_path / "unmounted")
+    c = HostCollector(mounts=("/", gone), proc_root=str(proc),
+                      cgroup_root=str(tmp_path / "none"))
+    families = await c.collect()
+    assert samples(families, "runbook_host_disk_up") == {"/": 1.0, gone: 0.0}
+    assert set(samples(families, "runbook_host_disk_size_bytes")) == {"/"}
+    assert set(samples(families, "runbook_host_disk_used_bytes")) == {"/"}
+    memory = next(f for f in families if f.name == "runbook_host_memory_used_bytes")
+    assert memory.samples[0].value == 12 * GIB
+    errors = c.detail()["disk_errors"]
+    assert isinstance(errors, dict)
+    assert errors[gone].startswith("FileNotFoundError")
+
+
+class HangingProbe:
+    """psutil.disk_usage, except that one mount blocks its thread until released, as statvfs
+    does on a stale NFS mount."""
+
+    def __init__(self, hung: str) -> None:
+        self.hung = hung
+        self.release = threading.Event()
+        self.calls: Counter[str] = Counter()
+
+    def __call__(self, mount: str) -> DiskUsage:
+        self.calls[mount] += 1
+        if mount == self.hung:
+            self.release.wait(30)
+        return psutil.disk_usage(mount)
+
+
+async def test_a_hung_mount_is_reported_down_and_not_probed_again(tmp_path: Path) -> None:
+    proc = fake_proc(tmp_path)
+    hung = str(tmp_path)
+    probe = HangingProbe(hung)
+    c = HostCollector(timeout=0.4, mounts=("/", hung), proc_root=str(proc),
+                      cgroup_root=str(tmp_path / "none"), disk_usage=probe)
+    scraper = Scraper([c])
+    try:
+        for _ in range(3):
+            started = time.perf_counter()
+            families = await scraper.scrape(2.0)
+            assert time.perf_counter() - started < 1.0
+            assert scraper.health[("host", "host")].up
+            assert samples(families, "runbook_host_disk_up") == {"/": 1.0, hung: 0.0}
+            assert "runbook_host_memory_used_bytes" in {f.name for f in families}
+        assert probe.calls == {"/": 3, hung: 1}  # no thread piled up per scrape
+        probe.release.set()
+        for _ in range(50):
+            families = await scraper.scrape(2.0)
+            if samples(families, "runbook_host_disk_up")[hung] == 1.0:
+                break
+            await asyncio.sleep(0.02)
+        assert samples(families, "runbook_host_disk_size_bytes")[hung] > 0
+        assert probe.calls[hung] == 2
+    finally:
+        probe.release.set()
+
+
+async def test_a_hung_mount_does_not_hold_the_scrape_past_its_deadline(tmp_path: Path) -> None:
+    proc = fake_proc(tmp_path)
+    probe = HangingProbe("/")
+    c = HostCollector(timeout=10.0, proc_root=str(proc), cgroup_root=str(tmp_path / "none"),
+                      disk_usage=probe)
+    scraper = Scraper([c])
+    try:
+        started = time.perf_counter()
+        await scraper.scrape(0.2)
+        assert time.perf_counter() - started < 1.0
+        assert not scraper.health[("host", "host")].up  # timed out, yet answered in time
+    finally:
+        probe.release.set()

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import Protocol
 
 import psutil
 from prometheus_client.core import Metric
@@ -13,6 +17,22 @@ from exporter.collectors.base import Collector, counter, gauge
 
 # cgroup v1 writes a huge page-aligned number when there is no memory limit.
 _V1_UNLIMITED = 1 << 62
+# The share of the collector's timeout the disk probes may take, so that memory and CPU
+# still arrive when a mount hangs (a stale NFS mount blocks statvfs for minutes).
+_DISK_SHARE = 0.5
+
+
+class DiskUsage(Protocol):
+    """What a disk probe gives for a mount (psutil.disk_usage's answer has both)."""
+
+    @property
+    def used(self) -> int: ...
+
+    @property
+    def total(self) -> int: ...
+
+
+DiskProbe = Callable[[str], DiskUsage]
 
 
 @dataclass(frozen=True)
@@ -26,21 +46,36 @@ class HostSample:
 
 
 class HostCollector(Collector):
-    """Memory used and limit, CPU seconds and cores, disk used and size per mount."""
+    """Memory used and limit, CPU seconds and cores, disk used and size per mount.
+
+    `disk_usage` measures one mount (psutil.disk_usage unless given): it runs in a worker
+    thread, and while one for a mount is still running no other is started for that mount:
+    a thread stuck in statvfs cannot be stopped, so each scrape would leave one more.
+    """
 
     kind = "host"
 
     def __init__(self, target: str = "host", timeout: float = 2.0, *,
                  mounts: tuple[str, ...] = ("/",), memory_limit: float | None = None,
-                 proc_root: str = "/proc", cgroup_root: str = "/sys/fs/cgroup") -> None:
+                 proc_root: str = "/proc", cgroup_root: str = "/sys/fs/cgroup",
+                 disk_usage: DiskProbe = psutil.disk_usage) -> None:
         super().__init__(target, timeout)
         self.mounts = mounts
         self.memory_limit = memory_limit
         self.proc = Path(proc_root)
         self.cgroup = Path(cgroup_root)
+        self.disk_usage = disk_usage
+        self._probes: dict[str, asyncio.Task[DiskUsage]] = {}
+        self._disk_errors: dict[str, str] = {}
+
+    def detail(self) -> dict[str, object]:
+        return {"disk_errors": dict(self._disk_errors)}
 
     async def collect(self) -> list[Metric]:
-        s = self.read()
+        wait_until = asyncio.get_running_loop().time() + self.timeout * _DISK_SHARE
+        probes = {mount: self._probe(mount) for mount in self.mounts}
+        s = await asyncio.to_thread(self.read)
+        usages = await self._usages(probes, wait_until)
         labels = ("target",)
         mem_used = gauge("runbook_host_memory_used_bytes",
                          "Memory in use (cgroup working set, else host used)", labels)
@@ -54,15 +89,56 @@ class HostCollector(Collector):
         cores = gauge("runbook_host_cpu_limit_cores",
                       "CPU limit in cores (cgroup quota/period, else CPU count)", labels)
         cores.add_metric([self.target], s.cpu_limit_cores)
+        return [mem_used, mem_limit, cpu, cores, *self._disk_families(usages)]
+
+    def _disk_families(self, usages: dict[str, DiskUsage]) -> list[Metric]:
+        up = gauge("runbook_host_disk_up", "1 if the mount's usage was read in this scrape",
+                   ("target", "mount"))
         used = gauge("runbook_host_disk_used_bytes", "Bytes used on the mount",
                      ("target", "mount"))
         size = gauge("runbook_host_disk_size_bytes", "Size of the mount in bytes",
                      ("target", "mount"))
         for mount in self.mounts:
-            usage = psutil.disk_usage(mount)
-            used.add_metric([self.target, mount], float(usage.used))
-            size.add_metric([self.target, mount], float(usage.total))
-        return [mem_used, mem_limit, cpu, cores, used, size]
+            usage = usages.get(mount)
+            up.add_metric([self.target, mount], 0.0 if usage is None else 1.0)
+            if usage is not None:
+                used.add_metric([self.target, mount], float(usage.used))
+                size.add_metric([self.target, mount], float(usage.total))
+        return [up, used, size]
+
+    def _probe(self, mount: str) -> asyncio.Task[DiskUsage] | None:
+        """A new probe of the mount in a thread; None while an earlier one still runs."""
+        earlier = self._probes.get(mount)
+        if earlier is not None and not earlier.done():
+            return None
+        task = asyncio.create_task(asyncio.to_thread(self.disk_usage, mount))
+        self._probes[mount] = task
+        task.add_done_callback(partial(self._probe_done, mount))
+        return task
+
+    def _probe_done(self, mount: str, task: asyncio.Task[DiskUsage]) -> None:
+        if self._probes.get(mount) is task:
+            del self._probes[mount]
+        if not task.cancelled():
+            task.exception()  # retrieved, so asyncio does not log an abandoned probe's error
+
+    async def _usages(self, probes: dict[str, asyncio.Task[DiskUsage] | None],
+                      wait_until: float) -> dict[str, DiskUsage]:
+        """Each mount's usage; a mount missing, failing or too slow is left out and noted."""
+        running = [t for t in probes.values() if t is not None]
+        if running:
+            # asyncio.wait leaves unfinished probes running: the next scrape sees them busy.
+            await asyncio.wait(running, timeout=max(0.0, wait_until -
+                                                    asyncio.get_running_loop().time()))
+        usages: dict[str, DiskUsage] = {}
+        self._disk_errors = {}
+        for mount, task in probes.items():
+            outcome = _usage_or_error(task)
+            if isinstance(outcome, str):
+                self._disk_errors[mount] = outcome
+            else:
+                usages[mount] = outcome
+        return usages
 
     def read(self) -> HostSample:
         """Memory and CPU from the cgroup files when a limit is set there, else /proc."""
@@ -108,6 +184,17 @@ class HostCollector(Collector):
             if (candidate / "cgroup.controllers").exists():
                 return candidate
         return self.cgroup
+
+
+def _usage_or_error(task: asyncio.Task[DiskUsage] | None) -> DiskUsage | str:
+    if task is None:
+        return "the probe started by an earlier scrape is still running"
+    if not task.done():
+        return "timed out"
+    if task.cancelled():
+        return "cancelled"
+    exc = task.exception()
+    return task.result() if exc is None else f"{type(exc).__name__}: {exc}"
 
 
 def _own_cgroup(proc: Path, controller: str) -> str | None:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import re
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -15,18 +17,39 @@ from prometheus_client.core import Metric
 from exporter.collectors.base import BackgroundTask, Collector, counter
 
 READ_CHUNK = 1 << 20
+# One poll stops reading past this much, so its thread is short and a backlog of hundreds
+# of MiB is saved as it goes instead of only at its end.
+POLL_BYTES = 4 << 20
+# The head of the file is what tells a new file from the old one under the same inode
+# (ext4 and tmpfs reuse a freed inode at once; copytruncate keeps it).
+HEAD_BYTES = 128
 
 
 @dataclass
 class Position:
-    """Where reading stopped: the file's inode and the offset after the last counted line."""
+    """Where reading stopped: the file's inode, the offset after the last counted line, and
+    a digest of the file's first head_len bytes (None in state written before digests)."""
 
     inode: int
     offset: int
+    head: str | None = None
+    head_len: int = 0
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def _read_head(f: BinaryIO, length: int) -> bytes:
+    """The file's first bytes, leaving its read position alone."""
+    return os.pread(f.fileno(), length, 0)
 
 
 class LogFollower:
-    """Follows one file by path; counts complete lines; persists its position after each read."""
+    """Follows one file by path; counts complete lines; persists its position after each read.
+
+    poll() may run in a worker thread: a lock keeps two polls, or a poll and close(), apart.
+    """
 
     def __init__(self, path: str, patterns: dict[str, str], state_file: Path | None) -> None:
         self.path = Path(path)
@@ -36,86 +59,140 @@ class LogFollower:
         self._file: BinaryIO | None = None
         self._inode = -1
         self._offset = 0
+        self._head: str | None = None
+        self._head_len = 0
+        self._lock = threading.Lock()
+        self._closed = False
         self.last_error: str | None = None
 
     def open_at_start(self) -> None:
         """Resume at the saved position when it is the same file; else start at its end."""
         saved = self._load()
         try:
-            st = self.path.stat()
+            f = self._open()
         except FileNotFoundError:
             return
-        if saved is not None and saved.inode == st.st_ino and saved.offset <= st.st_size:
-            self._open(saved.offset)
-        elif saved is not None:
-            # A different file (rotated while we were down) or a truncated one: all of it is new.
-            self._open(0)
-        else:
-            self._open(st.st_size)
+        size = os.fstat(f.fileno()).st_size
+        if saved is None:
+            self._offset = size
+        elif self._is_saved_file(f, saved) and saved.offset <= size:
+            self._offset = saved.offset
+        # else a different file (rotated while we were down) or a truncated one: all of it is new.
+        self._remember_head()
         self._save()
 
-    def _open(self, offset: int) -> None:
+    def _is_saved_file(self, f: BinaryIO, saved: Position) -> bool:
+        if saved.inode != self._inode:
+            return False
+        return saved.head is None or _digest(_read_head(f, saved.head_len)) == saved.head
+
+    def _open(self) -> BinaryIO:
+        """Open the file now at the path, to be read from its start."""
         self._close()
         f = self.path.open("rb")
         self._file = f
         self._inode = os.fstat(f.fileno()).st_ino
-        self._offset = offset
-        f.seek(offset)
+        self._offset = 0
+        self._head = None
+        self._head_len = 0
+        return f
 
     def _close(self) -> None:
         if self._file is not None:
             self._file.close()
             self._file = None
 
-    def poll(self) -> None:
-        """Read what was appended; on rotation finish the old file, then start the new one."""
+    def _remember_head(self) -> None:
+        """Digest the file's head, growing it up to HEAD_BYTES while the file is shorter."""
+        if self._file is None or self._head_len >= HEAD_BYTES:
+            return
+        head = _read_head(self._file, HEAD_BYTES)
+        if self._head is None or len(head) > self._head_len:
+            self._head, self._head_len = _digest(head), len(head)
+
+    def _head_changed(self) -> bool:
+        """Whether the file now at the path starts otherwise than the one we read."""
+        if self._head is None:
+            return False
+        # Read through the path, not our descriptor: the question is what the path now holds.
+        with self.path.open("rb") as f:
+            return _digest(_read_head(f, self._head_len)) != self._head
+
+    def poll(self) -> bool:
+        """Read what was appended; on rotation finish the old file, then start the new one.
+        True when POLL_BYTES were read and more may be waiting."""
+        with self._lock:
+            if self._closed:
+                return False
+            return self._poll()
+
+    def _poll(self) -> bool:
         try:
             st = self.path.stat()
         except FileNotFoundError:
-            if self._file is not None:
-                self._drain()
-            return
+            return self._file is not None and self._drain()
         if self._file is None:
-            self._open(0)
+            self._open()
         elif st.st_ino != self._inode:
-            self._drain()  # lines written to the old file after our last read
-            self._open(0)
-        elif st.st_size < self._offset:
-            self._open(0)  # truncated in place (copytruncate)
-        self._drain()
+            if self._drain():  # lines written to the old file after our last read
+                return True
+            self._open()
+        elif st.st_size < self._offset or self._head_changed():
+            self._open()  # truncated in place (copytruncate), or a new file on a reused inode
+        return self._drain()
 
-    def _drain(self) -> None:
+    def _drain(self) -> bool:
         f = self._file
         if f is None:
-            return
+            return False
         f.seek(self._offset)
-        while True:
+        more = self._read_lines(f)
+        self._remember_head()
+        self._save()
+        return more
+
+    def _read_lines(self, f: BinaryIO) -> bool:
+        """Count complete lines from the offset on; True when stopped at POLL_BYTES."""
+        read = 0
+        while read < POLL_BYTES:
             data = f.read(READ_CHUNK)
             if not data:
-                break
+                return False
             end = data.rfind(b"\n")
             if end < 0:
                 if len(data) < READ_CHUNK:
-                    break  # a partial last line: count it once it is complete
+                    return False  # a partial last line: count it once it is complete
                 end = len(data) - 1  # an absurdly long line: count it in pieces
             self._count(data[:end + 1])
             self._offset += end + 1
+            read += end + 1
             f.seek(self._offset)
-        self._save()
+        return True
 
     def _count(self, block: bytes) -> None:
-        for line in block.decode("utf-8", "replace").splitlines():
+        lines = block.split(b"\n")
+        if not lines[-1]:
+            lines.pop()  # the block ends with a newline: nothing follows it
+        found = dict.fromkeys(self.patterns, 0)
+        for raw in lines:
+            # Only b"\n" ends a line; str.splitlines() would also split on \r, \f, \x85, \u2028.
+            line = raw.removesuffix(b"\r").decode("utf-8", "replace")
             for name, pattern in self.patterns.items():
                 if pattern.search(line):
-                    self.counts[name] += 1
+                    found[name] += 1
+        # Added at once, as collect() reads the counts on the event loop while we poll.
+        for name, n in found.items():
+            self.counts[name] += n
 
     def _load(self) -> Position | None:
         if self.state_file is None:
             return None
         try:
             raw = json.loads(self.state_file.read_text())
-            return Position(int(raw["inode"]), int(raw["offset"]))
-        except (OSError, ValueError, KeyError, TypeError):
+            head = raw.get("head")
+            return Position(int(raw["inode"]), int(raw["offset"]),
+                            None if head is None else str(head), int(raw.get("head_len", 0)))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return None
 
     def _save(self) -> None:
@@ -123,11 +200,15 @@ class LogFollower:
             return
         tmp = self.state_file.with_suffix(".tmp")
         tmp.write_text(json.dumps({"path": str(self.path), "inode": self._inode,
-                                   "offset": self._offset}))
+                                   "offset": self._offset, "head": self._head,
+                                   "head_len": self._head_len}))
         tmp.replace(self.state_file)
 
     def close(self) -> None:
-        self._close()
+        """Close the file, after a poll still running in a thread; later polls do nothing."""
+        with self._lock:
+            self._closed = True
+            self._close()
 
 
 class LogCollector(Collector):
@@ -147,21 +228,25 @@ class LogCollector(Collector):
         self._background = BackgroundTask()
 
     async def start(self) -> None:
-        self.follower.open_at_start()
+        await asyncio.to_thread(self.follower.open_at_start)
         self._background.start(self._loop(), f"logs-{self.target}")
 
     async def close(self) -> None:
         await self._background.stop()
-        self.follower.close()
+        # In a thread: it waits for a poll that the cancelled loop left running.
+        await asyncio.to_thread(self.follower.close)
 
     async def _loop(self) -> None:
         while True:
+            more = False
             try:
-                self.follower.poll()
+                # Reading and matching megabytes would hold the event loop and every scrape.
+                more = await asyncio.to_thread(self.follower.poll)
                 self.follower.last_error = None
             except OSError as exc:
                 self.follower.last_error = f"{type(exc).__name__}: {exc}"
-            await asyncio.sleep(self.interval)
+            if not more:  # a backlog is read poll after poll, not one poll per interval
+                await asyncio.sleep(self.interval)
 
     def detail(self) -> dict[str, object]:
         return {"path": str(self.follower.path), "follow_error": self.follower.last_error}
