@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import subprocess
+import tempfile
+from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,6 +18,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from exporter.collectors.queues import QueuesCollector
+from tests.servers import find_tool, free_port, wait_for_port
 from tests.test_exporter_support import (
     NODE,
     NODE_DIR,
@@ -234,7 +239,6 @@ async def test_rq_pipelined_reads_the_same(redis_url: str) -> None:
                                   use_script=False).read()
     for reading in (*by_script, *piped):
         reading.oldest_age = round(reading.oldest_age or 0.0)
-        reading.oldest_job = None  # only the pipelined path keeps the id between round trips
     assert by_script == piped
     assert by_script[0].jobs["failed"] == 1
     await client.aclose()
@@ -385,3 +389,142 @@ async def test_a_user_refused_scan_or_dbsize_gets_every_queue_probed(redis_url: 
         await limited.aclose()
         await admin.execute_command("ACL", "DELUSER", user)
         await admin.aclose()
+
+
+@pytest.mark.parametrize("use_script", [True, False], ids=["script", "pipelined"])
+async def test_a_user_refused_client_list_gets_every_reading_but_workers(redis_url: str,
+                                                                        use_script: bool) -> None:
+    spec = {"url": redis_url, "queues": [{"name": "mail", "wait": 2},
+                                         {"name": "idle", "paused": True}]}
+    await asyncio.to_thread(node, "exporter_bullmq.mjs", json.dumps(spec))
+    admin = Redis.from_url(redis_url)
+    user = "rbap-no-client-list"
+    await admin.execute_command("ACL", "SETUSER", user, "on", ">secret", "~*", "&*", "+@read",
+                                "+eval_ro", "+@connection", "-client|list")
+    limited = Redis.from_url(redis_url, username=user, password="secret")
+    try:
+        with pytest.raises(ResponseError, match=r"NOPERM|permission"):
+            await limited.client_list()
+        c = QueuesCollector("cache", 2.0, client=limited, bullmq=["mail", "idle"],
+                            use_script=use_script)
+        found = {f.name: f for f in await c.collect()}
+        depth = {s.labels["queue"]: s.value for s in found["runbook_queue_depth"].samples}
+        paused = {s.labels["queue"]: s.value for s in found["runbook_queue_paused"].samples}
+        assert depth == {"mail": 2.0, "idle": 0.0}
+        assert paused == {"mail": 0.0, "idle": 1.0}
+        # Unknown, not 0: a 0 would fire "no worker" alerts.
+        assert found["runbook_queue_workers"].samples == []
+        assert "CLIENT LIST refused" in str(c.detail()["workers"])
+        assert c.use_script is use_script
+    finally:
+        await limited.aclose()
+        await admin.execute_command("ACL", "DELUSER", user)
+        await admin.aclose()
+
+
+@pytest.fixture
+def redis_without_client() -> Iterator[str]:
+    """A redis-server of this test's own with CLIENT renamed away (rename-command can only be
+    given at start), stopped after the test."""
+    directory = Path(tempfile.mkdtemp(prefix="rbap-redis-renamed-"))
+    port = free_port()
+    process = subprocess.Popen(
+        [find_tool("redis-server"), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no", "--dir", str(directory), "--rename-command", "CLIENT", ""],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port(port)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        process.terminate()
+        process.wait(10)
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+async def test_a_renamed_client_command_keeps_the_script(redis_without_client: str) -> None:
+    url = redis_without_client
+    spec = {"url": url, "queues": [{"name": "mail", "wait": 2, "prioritized": 1}]}
+    await asyncio.to_thread(node, "exporter_bullmq.mjs", json.dumps(spec))
+    client = Redis.from_url(url)
+    try:
+        with pytest.raises(ResponseError, match="unknown command"):
+            await client.client_list()
+        c = QueuesCollector("cache", 2.0, client=client, bullmq=["mail"])
+        for _ in range(2):  # the second read too: the first did not give the script up
+            (mail,) = await c.read()
+            assert c.use_script
+            assert mail.depth == 3
+            assert mail.workers is None
+    finally:
+        await client.aclose()
+
+
+async def test_discovery_covers_a_large_keyspace_over_rounds(redis_url: str) -> None:
+    names = [f"q{i:02}" for i in range(20)]
+    spec = {"url": redis_url, "queues": [{"name": name, "wait": 1} for name in names]}
+    await asyncio.to_thread(node, "exporter_bullmq.mjs", json.dumps(spec))
+    await asyncio.to_thread(_celery_fill, redis_url)
+    client = Redis.from_url(redis_url)
+    for start in range(0, 20_000, 2_000):
+        await client.mset({f"filler:{i}": "x" for i in range(start, start + 2_000)})
+    # About 2,000 of the ~20,000 keys per round: a full SCAN cycle takes several rounds.
+    c = QueuesCollector("cache", 2.0, client=client, discover=True, discover_interval=0.0,
+                        scan_count=200, scan_max_calls=10)
+
+    async def discovered() -> set[str]:
+        await c.collect()
+        return set(c.discovered["bullmq"])
+
+    seen = [await discovered()]
+    partial = c.detail()
+    assert set() < seen[0] < set(names)  # what a partial cycle found is read right away
+    while not c.detail().get("discovery_complete") and len(seen) < 200:
+        seen.append(await discovered())
+    assert seen[-1] == set(names), sorted(set(names) - seen[-1])
+    rounds = len(seen)
+    assert 3 <= rounds < 200, rounds
+    assert partial == {"discovery_complete": False}
+    assert c.discovered["celery"] == ["celery", "emails"]
+    depth = {s.labels["queue"]: s.value
+             for s in (await c.collect())[0].samples if s.labels["kind"] == "bullmq"}
+    assert depth == dict.fromkeys(names, 1.0)
+
+    from bullmq import Queue
+
+    gone = Queue("q07", {"connection": redis_url})
+    await gone.obliterate()
+    await gone.close()
+    # A partial cycle cannot tell a deleted queue from one it has not reached yet ...
+    assert "q07" in await discovered()
+    # ... the next full cycle (as long as the first one) can.
+    for _ in range(rounds):
+        found = await discovered()
+    assert found == set(names) - {"q07"}
+    await client.aclose()
+
+
+@pytest.mark.parametrize("use_script", [True, False], ids=["script", "pipelined"])
+async def test_bullmq_oldest_age_counts_prioritized_jobs(redis_url: str,
+                                                        use_script: bool) -> None:
+    from bullmq import Queue
+
+    # "starved": its oldest jobs have the lowest priority, younger ones a higher one.
+    spec = {"url": redis_url, "queues": [{"name": "ranked", "prioritized": 3},
+                                         {"name": "starved", "prioritized": 2}]}
+    await asyncio.to_thread(node, "exporter_bullmq.mjs", json.dumps(spec))
+    await asyncio.sleep(1.1)
+    urgent = Queue("starved", {"connection": redis_url})
+    for _ in range(2):
+        await urgent.add("urgent", {}, {"priority": 1})
+    await urgent.close()
+    client = Redis.from_url(redis_url)
+    c = QueuesCollector("cache", 2.0, client=client, bullmq=["ranked", "starved"],
+                        use_script=use_script)
+    readings = {r.queue: r for r in await c.read()}
+    ranked, starved = readings["ranked"], readings["starved"]
+    assert ranked.depth == 3
+    assert starved.jobs["prioritized"] == 4
+    for r in (ranked, starved):
+        assert r.oldest_age is not None
+        assert 1.0 <= r.oldest_age < 60, r
+    await client.aclose()

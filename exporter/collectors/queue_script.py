@@ -16,6 +16,16 @@ from typing import Any
 # (SCAN, atomic inside the script) costs less than probing every queue: a queue with no key at
 # all under `prefix:NAME:` holds no job and no meta hash, so it is empty and not paused. Any key
 # that could belong to a queue (its name may itself hold ':') sends that queue down the probe.
+#
+# A BullMQ queue's oldest waiting job is among a few candidates, each read with one HGET of its
+# `timestamp`: the tail of wait (or paused: BullMQ pushes new jobs at the head) and, in the
+# prioritized set, the first job of the highest priority and the first of the lowest. BullMQ 5
+# scores a prioritized job priority * 2^32 + a counter it increments at each add, so within one
+# priority the lowest score arrived first: with one priority in use (the usual case) or two, the
+# smallest candidate timestamp is the oldest waiting job's. With more priorities the jobs of the
+# middle ones are not looked at (finding each one's first costs a lookup per priority in use):
+# the age is then a lower bound, never older than the truth, and it still grows while the
+# queue does not drain or starves its lowest priority, which is what the age alerts are for.
 SCRIPT = """#!lua flags=no-writes
 local rc = redis.call
 local prefix = ARGV[1]
@@ -53,6 +63,30 @@ local function present_names()
   return present
 end
 local present = present_names()
+-- The older of `best` and job `id`'s timestamp ('' for none; '0:' is BullMQ's legacy marker).
+local function older(base, id, best)
+  if not id or string.sub(id, 1, 2) == '0:' then
+    return best
+  end
+  local stamp = rc('HGET', base .. id, 'timestamp')
+  local ms, before = tonumber(stamp), tonumber(best)
+  if ms and (not before or ms < before) then
+    return stamp
+  end
+  return best
+end
+local function older_prioritized(base, pr, stamp)
+  local first = rc('ZRANGE', pr, 0, 0, 'WITHSCORES')
+  stamp = older(base, first[1], stamp)
+  local last = rc('ZRANGE', pr, -1, -1, 'WITHSCORES')
+  local lowest = math.floor(tonumber(last[2]) / 4294967296) * 4294967296
+  if lowest > tonumber(first[2]) then
+    -- '%.0f': Lua would write a score past 14 digits in exponent form
+    local head = rc('ZRANGEBYSCORE', pr, string.format('%.0f', lowest), '+inf', 'LIMIT', 0, 1)
+    stamp = older(base, head[1], stamp)
+  end
+  return stamp
+end
 local function bullmq_row(name)
   local base = prefix .. ':' .. name .. ':'
   local w, p, a, pr, d, wc, co, f, m = base .. 'wait', base .. 'paused', base .. 'active',
@@ -66,7 +100,11 @@ local function bullmq_row(name)
   if oldest and string.sub(oldest, 1, 2) ~= '0:' then
     stamp = rc('HGET', base .. oldest, 'timestamp') or ''
   end
-  return {rc('LLEN', w), rc('LLEN', p), rc('LLEN', a), rc('ZCARD', pr), rc('ZCARD', d),
+  local prioritized = rc('ZCARD', pr)
+  if prioritized > 0 then
+    stamp = older_prioritized(base, pr, stamp)
+  end
+  return {rc('LLEN', w), rc('LLEN', p), rc('LLEN', a), prioritized, rc('ZCARD', d),
           rc('ZCARD', wc), rc('ZCARD', co), rc('ZCARD', f), rc('HEXISTS', m, 'paused'), stamp}
 end
 for q = 1, #bullmq do

@@ -31,6 +31,8 @@ RQ_REGISTRIES = {"started": "rq:wip:", "failed": "rq:failed:", "deferred": "rq:d
 # Up to this many keys in the database per BullMQ queue of one script call, the script lists it
 # once instead of probing each queue (cheaper where most named queues hold nothing).
 KEYSPACE_SCAN_FACTOR = 4
+# BullMQ 5 scores a prioritized job priority * 2^32 + an arrival counter.
+PRIORITY_STEP = 2.0 ** 32
 _BULLMQ_EMPTY = dict.fromkeys(BULLMQ_COLUMNS, 0.0)
 _RQ_EMPTY = dict.fromkeys(RQ_COLUMNS, 0.0)
 
@@ -44,9 +46,25 @@ class QueueReading:
     depth: float = 0.0
     jobs: dict[str, float] = field(default_factory=dict)
     paused: float | None = None
-    oldest_job: str | None = None
     oldest_age: float | None = None
     workers: float | None = None
+    # Pipelined reads only, between round trips: the jobs whose timestamps may be the oldest,
+    # and the score where a BullMQ queue's lowest priority begins (None: one priority in use).
+    oldest_jobs: tuple[str, ...] = field(default=(), compare=False)
+    lowest_level: float | None = field(default=None, compare=False)
+
+
+@dataclass
+class _ScanCycle:
+    """One pattern's SCAN across discovery rounds. A round stops after scan_max_calls, so a
+    large keyspace takes several: each resumes at the cursor where the last stopped (starting
+    at 0 every round would read the same first keys each time and never the rest)."""
+
+    cursor: int = 0
+    found: set[str] = field(default_factory=set)
+    """Keys of the cycle in progress."""
+    complete: set[str] | None = None
+    """Keys of the last full cycle (None: none finished yet)."""
 
 
 class QueuesCollector(Collector):
@@ -70,6 +88,9 @@ class QueuesCollector(Collector):
         self.scan_max_calls = scan_max_calls
         self.discovered: dict[str, list[str]] = {"bullmq": [], "celery": [], "rq": []}
         self._discovered_at: float | None = None
+        self._scans: dict[str, _ScanCycle] = {}
+        self.workers_refused: str | None = None
+        """Why CLIENT LIST was refused at the last scrape (ACL, renamed), if it was."""
         self.unacked: float | None = None
         self.use_script = use_script
         self.chunk = chunk
@@ -77,6 +98,20 @@ class QueuesCollector(Collector):
         self._memo: dict[str, RenderMemo] = {}
         self._series: dict[tuple[str, str], _QueueSeries] = {}
         self._memo_names: list[tuple[str, str]] | None = None
+
+    @property
+    def discovery_complete(self) -> bool:
+        """Whether every discovery SCAN finished a full cycle: until then, queues whose keys
+        the cycle has not reached yet are missing."""
+        return bool(self._scans) and all(c.complete is not None for c in self._scans.values())
+
+    def detail(self) -> dict[str, object]:
+        out: dict[str, object] = {}
+        if self.discover:
+            out["discovery_complete"] = self.discovery_complete
+        if self.workers_refused is not None:
+            out["workers"] = f"left out: CLIENT LIST refused ({self.workers_refused})"
+        return out
 
     def queues(self, kind: str) -> list[str]:
         """Configured queues of this kind, then discovered ones, each once."""
@@ -93,7 +128,8 @@ class QueuesCollector(Collector):
     # ------------------------------------------------------------ discovery
 
     async def discover_queues(self) -> dict[str, list[str]]:
-        """Queues the libraries registered: rq:queues, kombu bindings, BullMQ meta keys."""
+        """Queues the libraries registered: rq:queues, kombu bindings, BullMQ meta keys (those
+        the SCAN cycles in progress found so far, and those of the last full cycles)."""
         rq_keys: set[Any] = await self.client.smembers("rq:queues")  # type: ignore[misc]
         rq = sorted(_text(k).removeprefix("rq:queue:") for k in rq_keys)
         bull_meta = await self._scan(f"{_glob_escape(self.prefix)}:*:meta")
@@ -114,15 +150,17 @@ class QueuesCollector(Collector):
         return {"bullmq": bullmq, "celery": sorted(celery), "rq": rq}
 
     async def _scan(self, match: str) -> list[str]:
-        # SCAN in bounded steps: never KEYS, never more than scan_max_calls round trips.
-        found: list[str] = []
-        cursor = 0
+        # SCAN in bounded steps: never KEYS, never more than scan_max_calls round trips. A key
+        # stays listed until a full cycle ends without it, so a deleted queue goes then.
+        cycle = self._scans.setdefault(match, _ScanCycle())
         for _ in range(self.scan_max_calls):
-            cursor, keys = await self.client.scan(cursor, match=match, count=self.scan_count)
-            found.extend(_text(k) for k in keys)
-            if cursor == 0:
+            cycle.cursor, keys = await self.client.scan(cycle.cursor, match=match,
+                                                        count=self.scan_count)
+            cycle.found.update(_text(k) for k in keys)
+            if cycle.cursor == 0:
+                cycle.complete, cycle.found = cycle.found, set()
                 break
-        return found
+        return sorted(cycle.found.union(cycle.complete or ()))
 
     # ------------------------------------------------------------ reading
 
@@ -132,7 +170,7 @@ class QueuesCollector(Collector):
         if self.use_script:
             try:
                 return await self._read_by_script()
-            except ResponseError as exc:
+            except ResponseError as exc:  # the script's own error: CLIENT LIST's is not raised
                 if "unknown command" not in str(exc).lower() and "flags" not in str(exc):
                     raise
                 self.use_script = False  # Redis before 7: no EVAL_RO or script flags
@@ -153,9 +191,12 @@ class QueuesCollector(Collector):
             pipe.execute_command("EVAL_RO", SCRIPT, 0, *args)
         if bullmq:
             pipe.client_list()
-        replies = await pipe.execute()
+        replies = await pipe.execute(raise_on_error=False)
         now = time.time()
-        workers = _bullmq_workers(replies[-1], self.prefix) if bullmq else {}
+        workers = self._workers(replies.pop()) if bullmq else {}
+        _raise_first(replies)
+        unserved = None if workers is None else 0.0
+        serving_of = (workers or {}).get
         readings: list[QueueReading] = []
         add = readings.append
         series = self._series
@@ -166,7 +207,7 @@ class QueuesCollector(Collector):
             suspended = bool(data["suspended"])
             unacked = float(data["unacked"])
             for name, row in zip(b_names, data["b"], strict=True):
-                serving = float(workers.get(name, 0))
+                serving = serving_of(name, unserved)
                 if not isinstance(row, list):  # an empty queue: its paused flag alone
                     known = series.get(("bullmq", name))
                     if known is not None and known.empty is not None \
@@ -221,6 +262,10 @@ class QueuesCollector(Collector):
             plan.append((r, ":oldest"))
             pipe.lindex(base + "paused", -1)
             plan.append((r, ":oldest"))
+            pipe.zrange(base + "prioritized", -1, -1, withscores=True)
+            plan.append((r, ":last"))
+            pipe.zrange(base + "prioritized", 0, 0, withscores=True)
+            plan.append((r, ":first"))
         for name in celery:
             r = QueueReading("celery", name)
             for suffix in CELERY_PRIORITY_SUFFIXES:
@@ -249,34 +294,61 @@ class QueuesCollector(Collector):
             extra += 1
         if not plan and not extra:
             return []
-        replies = await pipe.execute()
+        replies = await pipe.execute(raise_on_error=False)
+        by_queue = self._workers(replies.pop(len(plan))) if bullmq else {}
+        _raise_first(replies)
         readings = _fill(plan, replies[:len(plan)])
-        tail = list(replies[len(plan):])
-        clients = tail.pop(0) if bullmq else []
+        tail = replies[len(plan):]
         suspended = bool(tail.pop(0)) if rq else False
         self.unacked = float(tail.pop(0)) if celery else None
-        by_queue = _bullmq_workers(clients, self.prefix) if bullmq else {}
+        unserved = None if by_queue is None else 0.0
+        serving_of = (by_queue or {}).get
         for r in readings:
             if r.kind == "bullmq":
-                r.workers = float(by_queue.get(r.queue, 0))
+                r.workers = serving_of(r.queue, unserved)
             elif r.kind == "rq":
                 r.paused = 1.0 if suspended else 0.0
         await self._oldest(readings)
         return readings
 
+    def _workers(self, reply: Any) -> dict[str, float] | None:
+        """Workers per BullMQ queue from CLIENT LIST's reply; None where it was refused (an
+        ACL without client|list, a renamed CLIENT): the workers series are then left out, as
+        a 0 would read as "no worker" and page."""
+        if isinstance(reply, ResponseError):
+            self.workers_refused = str(reply)
+            return None
+        self.workers_refused = None
+        return {queue: float(n) for queue, n in _bullmq_workers(reply, self.prefix).items()}
+
     async def _oldest(self, readings: Iterable[QueueReading]) -> None:
-        asked = [r for r in readings if r.oldest_job is not None]
+        # The candidates' timestamps: one more round trip, two where a BullMQ queue's
+        # prioritized jobs span several priorities (the first of the lowest, by its score).
+        asked = [r for r in readings if r.oldest_jobs or r.lowest_level is not None]
         if not asked:
             return
+        lowest = [r for r in asked if r.lowest_level is not None]
+        if lowest:
+            pipe = self.client.pipeline(transaction=False)
+            for r in lowest:
+                pipe.zrangebyscore(f"{self.prefix}:{r.queue}:prioritized",
+                                   f"{r.lowest_level:.0f}", "+inf", start=0, num=1)
+            for r, first in zip(lowest, await pipe.execute(), strict=True):
+                r.oldest_jobs += tuple(_text(job) for job in first)
         pipe = self.client.pipeline(transaction=False)
+        plan = []
         for r in asked:
-            if r.kind == "bullmq":
-                pipe.hget(f"{self.prefix}:{r.queue}:{r.oldest_job}", "timestamp")
-            else:
-                pipe.hget(f"rq:job:{r.oldest_job}", "enqueued_at")
+            for job in dict.fromkeys(r.oldest_jobs):
+                if r.kind == "bullmq":
+                    pipe.hget(f"{self.prefix}:{r.queue}:{job}", "timestamp")
+                else:
+                    pipe.hget(f"rq:job:{job}", "enqueued_at")
+                plan.append(r)
         now = time.time()
-        for r, value in zip(asked, await pipe.execute(), strict=True):
-            r.oldest_age = _age(r.kind, value, now)
+        for r, value in zip(plan, await pipe.execute(), strict=True):
+            age = _age(r.kind, value, now)
+            if age is not None and (r.oldest_age is None or age > r.oldest_age):
+                r.oldest_age = age
 
     def families(self, readings: Sequence[QueueReading]) -> list[Metric]:
         """The queue families of these readings."""
@@ -387,10 +459,19 @@ def _fill(plan: list[tuple[QueueReading, str]], replies: Sequence[Any]) -> list[
         if what == ":paused":
             r.paused = 1.0 if value else 0.0
         elif what == ":oldest":
-            if value is not None and r.oldest_job is None:
+            if value is not None and not r.oldest_jobs:
                 job = _text(value)
                 if not job.startswith("0:"):  # BullMQ's legacy marker, not a job
-                    r.oldest_job = job
+                    r.oldest_jobs = (job,)
+        elif what == ":last":  # the prioritized job BullMQ would take last
+            if value:
+                r.lowest_level = (value[0][1] // PRIORITY_STEP) * PRIORITY_STEP
+        elif what == ":first":  # ... and the one it would take next
+            if value:
+                job, score = value[0]
+                r.oldest_jobs += (_text(job),)
+                if r.lowest_level is not None and score >= r.lowest_level:
+                    r.lowest_level = None  # one priority in use: its first job is this one
         elif what == ":workers":
             r.workers = float(value)
         elif what == ":depth":
@@ -405,6 +486,12 @@ def _fill(plan: list[tuple[QueueReading, str]], replies: Sequence[Any]) -> list[
         elif r.kind == "celery":
             r.jobs["waiting"] = r.depth
     return list(readings.values())
+
+
+def _raise_first(replies: Iterable[Any]) -> None:
+    for reply in replies:
+        if isinstance(reply, Exception):
+            raise reply
 
 
 def _bullmq_workers(clients: Sequence[dict[str, Any]], prefix: str) -> dict[str, int]:
