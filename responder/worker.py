@@ -114,6 +114,9 @@ class Worker:
         self._busy = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        # Work this process still runs; what it claimed and no longer runs (a store failure
+        # left it claimed) is recovered by its own recovery loop once the lease runs out.
+        self._running: set[int] = set()
 
     def wake(self) -> None:
         """New work was queued: look now instead of at the next poll."""
@@ -121,8 +124,9 @@ class Worker:
 
     async def recover(self, everything: bool) -> list[dict[str, Any]]:
         """Resume or escalate work left claimed by a stopped process."""
+        running = frozenset(self._running)
         found = await self.store.run(lambda tx: ops.recover(
-            tx, self.config.owner, time.time(), everything, self.hooks.idempotent))
+            tx, self.config.owner, time.time(), everything, self.hooks.idempotent, running))
         for item in found:
             log.warning("recovered work %s: %s", item["work"], item["result"])
         return found
@@ -206,6 +210,7 @@ class Worker:
                 log.error("cannot recover or prune: %s", exc)
 
     async def _process(self, item: WorkItem, slots: asyncio.Semaphore) -> None:
+        self._running.add(item.id)
         try:
             async with asyncio.TaskGroup() as group:
                 beat = group.create_task(self._heartbeat(item))
@@ -225,6 +230,7 @@ class Worker:
         except* Exception:
             log.exception("work %s failed unexpectedly; left for recovery", item.id)
         finally:
+            self._running.discard(item.id)
             slots.release()
             self._done(1)
             self.wake()
@@ -274,9 +280,10 @@ class Worker:
         pending: tuple[int, dict[str, Any]] | None = None
         for index in range(item.next_step, len(steps)):
             if pending is not None:
-                await self.store.run(functools.partial(
-                    ops.finish_step, item=item, owner=self.config.owner, index=pending[0],
-                    outcome=pending[1], now=time.time()))
+                if not await self.store.run(functools.partial(
+                        ops.finish_step, item=item, owner=self.config.owner, index=pending[0],
+                        outcome=pending[1], now=time.time())):
+                    raise LostClaim(item.id)
                 pending = None
             detail = ops.step_detail(item, index)
             if not (index == item.next_step and item.step_started) and \

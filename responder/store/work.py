@@ -102,12 +102,15 @@ async def begin_step(tx: Tx, item: WorkItem, owner: str, index: int, detail: dic
 
 
 async def finish_step(tx: Tx, item: WorkItem, owner: str, index: int, outcome: dict[str, Any],
-                      now: float) -> None:
-    """Record a step's outcome and move past it."""
-    await tx.execute("UPDATE work SET next_step = ?, in_step = 0 WHERE id = ? AND claimed_by = ?",
-                     index + 1, item.id, owner)
+                      now: float) -> bool:
+    """Record a step's outcome and move past it; False when the claim is no longer ours (the
+    outcome is recorded all the same: the step did run)."""
+    changed = await tx.execute("UPDATE work SET next_step = ?, in_step = 0 WHERE id = ? "
+                               "AND claimed_by = ? AND status = 'claimed'",
+                               index + 1, item.id, owner)
     await add_step(tx, item.occurrence_id, "action_finished",
                    {**outcome, "work": item.id, "kind": item.kind, "index": index}, now)
+    return changed == 1
 
 
 async def history(tx: Tx, occurrence: str) -> list[dict[str, Any]]:
@@ -124,13 +127,23 @@ async def complete(tx: Tx, item: WorkItem, owner: str, outcomes: list[dict[str, 
     occurrence's new state."""
     if last is not None:
         # finish_step and the completion in one statement.
-        await tx.execute("UPDATE work SET status = 'done', in_step = 0, next_step = ? "
-                         "WHERE id = ? AND claimed_by = ?", last[0] + 1, item.id, owner)
+        changed = await tx.execute("UPDATE work SET status = 'done', in_step = 0, next_step = ? "
+                                   "WHERE id = ? AND claimed_by = ? AND status = 'claimed'",
+                                   last[0] + 1, item.id, owner)
         await add_step(tx, item.occurrence_id, "action_finished",
                        {**last[1], "work": item.id, "kind": item.kind, "index": last[0]}, now)
     else:
-        await tx.execute("UPDATE work SET status = 'done', in_step = 0 WHERE id = ? "
-                         "AND claimed_by = ?", item.id, owner)
+        changed = await tx.execute("UPDATE work SET status = 'done', in_step = 0 WHERE id = ? "
+                                   "AND claimed_by = ? AND status = 'claimed'", item.id, owner)
+    if changed != 1:
+        # Recovery took this work over after our lease ran out (and escalated or resumed it):
+        # what ran is in the audit, but what follows is recovery's to decide, not ours.
+        late = await tx.fetchone("SELECT state FROM occurrences WHERE id = ?", item.occurrence_id)
+        await add_step(tx, item.occurrence_id, "late_finish", {
+            "work": item.id, "kind": item.kind, "by": owner,
+            "reason": "the work was taken over after its lease ran out: its end is recorded, "
+                      "nothing is queued from it"}, now)
+        return str(late["state"]) if late else "unknown"
     occ = await tx.fetchone(f"SELECT state, resolved_at, paged FROM occurrences WHERE id = ?"  # noqa: S608 - only constant dialect text is inserted
                             f"{tx.for_update}", item.occurrence_id)
     assert occ is not None
@@ -221,14 +234,18 @@ async def _state(tx: Tx, oid: str, state: str, now: float, step: str,
 
 
 async def recover(tx: Tx, owner: str, now: float, everything: bool,
-                  idempotent: Collection[str]) -> list[dict[str, Any]]:
-    """Work claimed by a process that stopped: resume it, or escalate what may have half-run."""
+                  idempotent: Collection[str], running: Collection[int] = ()
+                  ) -> list[dict[str, Any]]:
+    """Work claimed by a process that stopped, or left by this one (`running`: the work this
+    process still runs): resume it, or escalate what may have half-run."""
     rows = await tx.fetchall(
         "SELECT id, occurrence_id, track, kind, attempt, plan, next_step, in_step, claimed_by "  # noqa: S608 - only constant dialect text is inserted
-        "FROM work WHERE status = 'claimed' AND (lease_until < ? OR ?) AND claimed_by <> ?"
-        f"{tx.skip_locked}", now, everything, owner)
+        "FROM work WHERE status = 'claimed' AND (lease_until < ? OR ?)"
+        f"{tx.skip_locked}", now, everything)
     done: list[dict[str, Any]] = []
     for row in rows:
+        if row["claimed_by"] == owner and (everything or int(row["id"]) in running):
+            continue
         plan = json.loads(row["plan"])
         steps = plan.get("steps", [])
         index = int(row["next_step"])
@@ -246,8 +263,9 @@ async def recover(tx: Tx, owner: str, now: float, everything: bool,
             continue
         reason = (f"{row['claimed_by']} stopped while {action} (step {index}) was running; "
                   "it may have half-run, so it is not run again")
-        await tx.execute("UPDATE work SET status = 'interrupted', in_step = 0 WHERE id = ?",
-                         item.id)
+        # Unowned, so the process that held it can no longer finish it (see complete()).
+        await tx.execute("UPDATE work SET status = 'interrupted', in_step = 0, claimed_by = NULL "
+                         "WHERE id = ?", item.id)
         await add_step(tx, item.occurrence_id, "interrupted", {**base, "reason": reason}, now)
         if item.kind in ("run", "verify"):
             await escalate(tx, item, reason, now)
