@@ -51,7 +51,8 @@ async def test_work_taken_over_is_not_completed_by_its_old_owner(store: Store,
     now = time.time()
     await store.run(lambda tx: intake(tx, note, "{}", policy, now))
     item = await store.run(lambda tx: ops.claim(tx, "A", now, 60.0))
-    assert item is not None and item.step_started
+    assert item is not None
+    assert item.step_started
     # A's lease runs out (its renewals failed); B recovers the work: exec may have half-run.
     found = await store.run(lambda tx: ops.recover(tx, "B", now + 61, False, frozenset()))
     assert [f["result"] for f in found] == ["escalated"]
