@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,8 @@ import pytest
 from responder.store import Store, open_store
 from responder.store.base import occurrence_id
 from responder.store.work import claim_many
+from runbook.loader import load_text
+from tests.actions_support import recorder
 from tests.test_responder_support import (
     AUTH,
     PAYLOADS,
@@ -324,3 +327,33 @@ async def test_an_unexpected_claim_failure_does_not_stop_the_worker(store: Store
         assert failures, "the claim never failed: the test proved nothing"
         metrics = await (await client.get("/metrics")).text()
         assert 'runbook_responder_store_errors_total{operation="claim"} 1.0' in metrics
+
+
+async def test_a_page_that_reached_one_receiver_is_resolved_with_the_alert(
+        store: Store) -> None:
+    async with recorder() as rec:
+        rec.status["/slack"] = 500  # Slack is down; PagerDuty takes the page
+        text = ("service: shop\nwatch: {host: {}}\n"
+                "alerts:\n  memory_usage: {warning: 70%, critical: 85%, for: 5m}\n"
+                "page:\n  default:\n"
+                f"    - pagerduty: {{routing_key_env: PD_KEY, url: \"{rec.url}/pd\"}}\n"
+                "    - slack: {webhook_url_env: SLACK_URL}\n"
+                "respond:\n  - name: p\n    match: {alertname: GaugeHigh}\n"
+                "    external: true\n    mode: page\n")
+        env = {"PD_KEY": "pd-key-0123456789", "SLACK_URL": f"{rec.url}/slack",
+               "PATH": os.defpath}
+        async with responder(load_text(text, "r.yml"), store, env=env) as client:
+            await post(client, body())
+            data = await wait_state(client, oid(), "paged")
+            paged = next(s for s in data["steps"] if s["kind"] == "paged")
+            assert paged["detail"]["missed"] == ["slack#1"]
+            await post(client, body(alert(status="resolved")))
+            await wait_state(client, oid(), "resolved")
+            for _ in range(200):
+                if "page_resolved" in kinds(await incident(client, oid())):
+                    break
+                await asyncio.sleep(0.05)
+            actions = [(r.raw_path, r.json().get("event_action")) for r in rec.requests
+                       if r.raw_path == "/pd"]
+            # Triggered once (a human was told), then resolved with the alert.
+            assert actions == [("/pd", "trigger"), ("/pd", "resolve")]

@@ -181,11 +181,15 @@ async def complete(tx: Tx, item: WorkItem, owner: str, outcomes: list[dict[str, 
         return await escalate(tx, item, f"still firing {plan.get('verify_after')}s after "
                               f"{item.attempt} remediation attempt(s)", now)
     if item.kind in ("page", "escalate"):
-        paged = any(o.get("action") == "page" and o.get("status") in OK_STATUSES
-                    for o in outcomes)
+        # A page that reached one receiver told a human, though another receiver failed: it
+        # counts as paged, so the pages it raised are resolved with the alert.
+        paged = any(_reached_someone(o) for o in outcomes)
         if paged:
             await tx.execute("UPDATE occurrences SET paged = 1 WHERE id = ?", oid)
-            await add_step(tx, oid, "paged", {"work": item.id, "reason": plan.get("reason")}, now)
+            missed = [label for o in outcomes if o.get("action") == "page"
+                      for label, said in _receivers(o).items() if not said.startswith("sent")]
+            await add_step(tx, oid, "paged", {"work": item.id, "reason": plan.get("reason"),
+                                              **({"missed": missed} if missed else {})}, now)
             if resolved:
                 await enqueue(tx, oid, 0, "resolve_page", 1, {"steps": []}, now)
         if resolved:
@@ -205,6 +209,19 @@ async def complete(tx: Tx, item: WorkItem, owner: str, outcomes: list[dict[str, 
     # resolve_page
     await add_step(tx, oid, "page_resolved", {"outcomes": outcomes}, now)
     return str(occ["state"])
+
+
+def _receivers(outcome: dict[str, Any]) -> dict[str, str]:
+    """What a page outcome says of each receiver ("sent (HTTP 202)", "failed: ...")."""
+    receivers = (outcome.get("detail") or {}).get("receivers")
+    return {str(k): str(v) for k, v in receivers.items()} if isinstance(receivers, dict) else {}
+
+
+def _reached_someone(outcome: dict[str, Any]) -> bool:
+    if outcome.get("action") != "page":
+        return False
+    return outcome.get("status") in OK_STATUSES or any(
+        said.startswith("sent") for said in _receivers(outcome).values())
 
 
 async def _healed(tx: Tx, item: WorkItem, occ: Row, now: float, reason: str) -> str:
