@@ -62,20 +62,25 @@ class Hooks:
 
     @classmethod
     def discover(cls, registry: Any = None) -> Hooks:
-        """Find `responder.actions.run_action`, `responder.verify.still_firing` and the
-        page resolve path (`responder.actions.resolve_page`, else `actions.notify.resolve`)."""
+        """Find `responder.actions.run_action`, `responder.verify.still_firing` and
+        `responder.actions.resolve_page` (both actions go through the same timeout, secret
+        scrubbing and metrics)."""
         extra = _optional("responder.actions", "IDEMPOTENT") or frozenset()
         run_action = _optional("responder.actions", "run_action")
+        resolve_page = _optional("responder.actions", "resolve_page")
         metrics_type = _optional("responder.actions", "ActionMetrics")
-        if run_action is not None and metrics_type is not None and registry is not None:
-            # The actions' own counters, on this app's registry (served on its /metrics).
-            run_action = functools.partial(run_action, metrics=metrics_type(registry))
+        if metrics_type is not None and registry is not None:
+            # The actions' own counters, on this app's registry (served on its /metrics); one
+            # instance, as a second on the same registry would be a duplicate.
+            metrics = metrics_type(registry)
+            if run_action is not None:
+                run_action = functools.partial(run_action, metrics=metrics)
+            if resolve_page is not None:
+                resolve_page = functools.partial(resolve_page, metrics=metrics)
         return cls(
             run_action=cast(RunAction | None, run_action),
             still_firing=cast(StillFiring | None, _optional("responder.verify", "still_firing")),
-            resolve_page=cast(ResolvePage | None,
-                              _optional("responder.actions", "resolve_page")
-                              or _optional("responder.actions.notify", "resolve")),
+            resolve_page=cast(ResolvePage | None, resolve_page),
             idempotent=IDEMPOTENT_ACTIONS | frozenset(extra),
         )
 

@@ -79,6 +79,8 @@ class Recorder:
     requests: list[Recorded] = field(default_factory=list)
     status: dict[str, int] = field(default_factory=dict)
     delay: float = 0.0
+    echo_authorization: bool = False
+    """Error bodies quote the request's Authorization header, as some careless receivers do."""
 
     async def handle(self, request: web.Request) -> web.Response:
         body = await request.read()
@@ -87,7 +89,10 @@ class Recorder:
         if self.delay:
             await asyncio.sleep(self.delay)
         code = self.status.get(request.path, 200)
-        return web.Response(status=code, text="ok" if code < 300 else "invalid_payload")
+        text = "ok" if code < 300 else "invalid_payload"
+        if code >= 300 and self.echo_authorization:
+            text = f"bad credentials: {request.headers.get('Authorization', '')}"
+        return web.Response(status=code, text=text)
 
 
 @asynccontextmanager

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +16,10 @@ import aiohttp
 import pytest
 import redis as redis_sync
 
-from responder.actions import run_action
-from responder.actions.base import ActionContext, Status
-from runbook.actions import CeleryPoolParams, CeleryPurgeParams
-from tests.actions_support import book, context
+from responder.actions import run_action, timeout_of
+from responder.actions.base import BLOCKING, ActionContext, Status
+from runbook.actions import CeleryPoolParams, CeleryPurgeParams, PageParams
+from tests.actions_support import book, context, recorder
 from tests.servers import RedisServer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -133,3 +135,61 @@ async def test_purge_one_queue(session: aiohttp.ClientSession, broker: str) -> N
 def test_purge_needs_confirm() -> None:
     with pytest.raises(ValueError, match="confirm: true"):
         CeleryPurgeParams(broker="broker", queue="bulk")
+
+
+async def test_blackholed_broker_frees_its_thread_and_never_starves_dns(
+    session: aiohttp.ClientSession,
+) -> None:
+    # A broker that accepts and never answers. The loop gets a default executor two stuck calls
+    # fill (a 2-CPU host's takes six): aiohttp's ThreadedResolver needs it for `localhost`, so
+    # actions blocking there would make the page below fail.
+    held: list[asyncio.StreamWriter] = []
+
+    async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+
+    blackhole = await asyncio.start_server(hold, "127.0.0.1", 0)
+    port = blackhole.sockets[0].getsockname()[1]
+    asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(2))
+    ctx = context(session, book(f"""
+    service: scraper
+    watch:
+      redis:
+        - {{name: broker, url: "redis://127.0.0.1:{port}/0"}}
+    """))
+    grow = CeleryPoolParams(broker="broker", timeout="1s")
+    purge = CeleryPurgeParams(broker="broker", queue="celery", confirm=True)
+    try:
+        started = time.monotonic()
+        stuck = [asyncio.create_task(run_action("celery_pool_grow", grow, ctx)),
+                 asyncio.create_task(run_action("celery_purge", purge, ctx))]
+        while len(held) < len(stuck):
+            assert time.monotonic() - started < 5, "the actions never reached the broker"
+            await asyncio.sleep(0.05)
+        assert BLOCKING.busy == len(stuck)
+
+        async with recorder() as hook:
+            port_of_hook = hook.url.rsplit(":", 1)[1]
+            page_ctx = context(session, book(f"""
+            service: scraper
+            page:
+              default: {{webhook: {{url: "http://localhost:{port_of_hook}/hook"}}}}
+            """))
+            paged = await run_action("page", PageParams(), page_ctx)
+        assert paged.status is Status.OK, paged.output
+        assert all(not task.done() for task in stuck), "the page did not go out meanwhile"
+
+        results = await asyncio.gather(*stuck)
+        elapsed = time.monotonic() - started
+        assert [r.status for r in results] == [Status.FAILED] * 2, [r.output for r in results]
+        assert all("Timeout" in r.output for r in results), [r.output for r in results]
+        assert elapsed < min(timeout_of(grow), timeout_of(purge))
+        for _ in range(60):  # the threads are free within 3 s of the outcomes
+            if not BLOCKING.busy:
+                break
+            await asyncio.sleep(0.05)
+        assert BLOCKING.busy == 0
+    finally:
+        for writer in held:
+            writer.close()
+        blackhole.close()

@@ -176,6 +176,46 @@ async def test_output_is_truncated(session: aiohttp.ClientSession) -> None:
     assert "more bytes cut" in result.output
 
 
+async def test_cut_count_is_of_every_byte_written(session: aiohttp.ClientSession) -> None:
+    ctx = context(session)
+    script = "import sys; sys.stdout.write('x' * 1_000_000)"
+    result = await run_action("exec", ExecParams(argv=[PY, "-c", script]), ctx)
+    assert result.status is Status.OK
+    cut = 1_000_000 - OUTPUT_LIMIT
+    assert result.output == "x" * OUTPUT_LIMIT + f"\n... [{cut} more bytes cut]"
+
+
+async def test_cut_count_survives_a_timeout(session: aiohttp.ClientSession) -> None:
+    # The timeout note goes in front: the cut note at the end must not be cut off again.
+    ctx = context(session)
+    script = "import sys, time; sys.stdout.write('y' * 100_000); sys.stdout.flush(); time.sleep(30)"
+    result = await run_action("exec", ExecParams(argv=[PY, "-c", script], timeout=1.5), ctx)
+    assert result.status is Status.TIMEOUT
+    assert result.output == ("killed after 1.5s timeout\n" + "y" * OUTPUT_LIMIT
+                             + f"\n... [{100_000 - OUTPUT_LIMIT} more bytes cut]")
+
+
+async def test_a_character_split_at_the_cut_is_dropped(session: aiohttp.ClientSession) -> None:
+    ctx = context(session)
+    # "é" is 2 bytes: the limit falls in the middle of one.
+    script = "import sys; sys.stdout.write('a' + 'é' * 5000)"
+    result = await run_action("exec", ExecParams(argv=[PY, "-c", script]), ctx)
+    kept, note = result.output.split("\n... ")
+    assert kept == "a" + "é" * ((OUTPUT_LIMIT - 1) // 2)
+    assert note == f"[{10_001 - OUTPUT_LIMIT} more bytes cut]"
+
+
+async def test_passed_env_values_are_scrubbed(session: aiohttp.ClientSession) -> None:
+    # A var the runbook passes to exec is hidden even when no watch or page entry names it.
+    env = {"PATH": os.environ["PATH"], "API_TOKEN": "tok-9f8e7d6c5b4a"}
+    script = "import os, sys; sys.exit('curl: 401 for token ' + os.environ['API_TOKEN'])"
+    params = ExecParams(argv=[PY, "-c", script], env=["API_TOKEN"])
+    result = await run_action("exec", params, context(session, env=env))
+    assert result.status is Status.FAILED
+    assert result.output == "curl: 401 for token <secret>\n"
+    assert "tok-9f8e7d6c5b4a" not in json.dumps(result.as_json())
+
+
 async def test_dry_run_shows_argv_and_runs_nothing(
     session: aiohttp.ClientSession, tmp_path: Path
 ) -> None:

@@ -73,6 +73,30 @@ async def test_gzip_keeps_content_and_mtime(session: aiohttp.ClientSession, tree
     assert again.detail["files"] == []
 
 
+async def test_gzip_never_overwrites_an_archive(
+    session: aiohttp.ClientSession, tree: Path
+) -> None:
+    # As logrotate: an existing NAME.gz is an archive someone keeps; that one file is refused
+    # and left as it is, the others are still gzipped, and the action fails to say so.
+    archive = tree / "old.log.gz"
+    archive.write_bytes(gzip.compress(b"a week of older logs\n"))
+    params = FilesCleanParams(root=str(tree), glob="**/*.log", older_than="7d", mode="gzip")
+    result = await run_action("files_clean", params, context(session))
+    assert result.status is Status.FAILED
+    assert result.detail["refused"] == [
+        f"{tree / 'old.log'}: old.log.gz already exists (an archive is never overwritten; "
+        "the file is left as it is)"]
+    assert gzip.decompress(archive.read_bytes()) == b"a week of older logs\n"
+    assert (tree / "old.log").read_text() == "line\n"
+    assert result.detail["files"] == [str(tree / "sub" / "older.log")]
+    assert f"gzipped: {tree / 'sub' / 'older.log'}" in result.output
+    assert f"gzipped: {tree / 'old.log'}" not in result.output
+    assert gzip.decompress((tree / "sub" / "older.log.gz").read_bytes()) == b"line\n"
+    assert not (tree / "sub" / "older.log").exists()
+    assert not (tree / "old.log.gz.part").exists()
+    assert not (tree / "sub" / "older.log.gz.part").exists()
+
+
 @pytest.mark.parametrize("glob", ["../*.log", "sub/../../*.log", "/etc/*.conf", "~/*.log"])
 async def test_traversal_glob_is_refused(
     session: aiohttp.ClientSession, tree: Path, glob: str

@@ -9,8 +9,9 @@ from typing import Any
 
 import aiohttp
 import pytest
+from prometheus_client import CollectorRegistry
 
-from responder.actions import run_action
+from responder.actions import ActionMetrics, resolve_page, run_action
 from responder.actions.base import ActionContext, Outcome, Status
 from responder.actions.notify import resolve
 from runbook.actions import PageParams
@@ -202,6 +203,28 @@ async def test_resolve_uses_the_paged_severity(
         "Incident: http://responder.example/incidents/7",
     ])}]
     assert _by_path(server, "/hook") == []
+
+
+async def test_resolve_page_scrubs_the_token_a_receiver_echoes(
+    session: aiohttp.ClientSession, server: Recorder
+) -> None:
+    # The worker's resolve path: a receiver quoting the Authorization header in its 401 body
+    # must not get the token into the audit, and the run is counted like any action's.
+    server.echo_authorization = True
+    server.status["/hook"] = 401
+    paged = Outcome("page", Status.OK, 0.2, "webhook#0: sent (HTTP 200)", {"severity": "warning"})
+    registry = CollectorRegistry()
+    ctx = _ctx(session, server, history=[*HISTORY, paged])
+    result = await resolve_page(ctx, metrics=ActionMetrics(registry))
+    assert [r.headers["Authorization"] for r in server.requests] == [f"Bearer {TOKEN}"]
+    assert result.action == "page_resolve"
+    assert result.status is Status.FAILED
+    assert result.output == "webhook#0: failed: HTTP 401: bad credentials: Bearer <secret>"
+    assert TOKEN not in json.dumps(result.as_json())
+    assert registry.get_sample_value(
+        "runbook_action_runs_total", {"action": "page_resolve", "status": "failed"}) == 1
+    assert registry.get_sample_value(
+        "runbook_action_duration_seconds_count", {"action": "page_resolve"}) == 1
 
 
 async def test_dry_run_sends_nothing(session: aiohttp.ClientSession, server: Recorder) -> None:

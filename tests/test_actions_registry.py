@@ -80,6 +80,11 @@ async def test_wrong_params_type_is_a_failed_outcome(session: aiohttp.ClientSess
     result = await run_action("exec", PageParams(), context(session))
     assert result.status is Status.FAILED
     assert "exec takes ExecParams, not PageParams" in result.output
+    # Not even a model (the secrets of a params object are looked up before the run).
+    raw: typing.Any = {"argv": ["true"], "env": ["PATH"]}
+    result = await run_action("exec", raw, context(session))
+    assert result.status is Status.FAILED
+    assert "exec takes ExecParams, not dict" in result.output
 
 
 async def test_unknown_target_is_a_failed_outcome(session: aiohttp.ClientSession) -> None:

@@ -1,9 +1,9 @@
-"""The action table (name -> implementation) and `run_action`, which runs one action safely.
+"""The action table (name -> implementation), `run_action`, which runs one action safely, and
+`resolve_page`, which tells the paged receivers an incident healed just as safely.
 
-`run_action` applies the action's timeout, turns every exception into a failed outcome, removes
-known secrets from what it returns and counts each run in an `ActionMetrics`: pass your own
-(built on your registry) or it uses `default_metrics()`, registered once on prometheus_client's
-global REGISTRY.
+Both apply a timeout, turn every exception into a failed outcome, remove known secrets from what
+they return and count each run in an `ActionMetrics`: pass your own (built on your registry) or
+they use `default_metrics()`, registered once on prometheus_client's global REGISTRY.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import functools
 import inspect
 import time
 import typing
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -30,7 +30,10 @@ DEFAULT_TIMEOUT = 60.0
 # exec kills its process group at its own timeout; this outer bound only backs it up.
 _EXEC_GRACE = 5.0
 _PG_GRACE = 15.0
-_CELERY_GRACE = 10.0
+_CELERY_GRACE = 2 * celery.IO_TIMEOUT  # room to connect and publish, each bounded by it
+RESOLVE_TIMEOUT = notify.SEND_TIMEOUT + 5.0
+"""How long resolve_page may take: the receivers are told in parallel, each within its own
+send timeout."""
 
 
 def _check(name: str, fn: ActionFn) -> None:
@@ -112,8 +115,33 @@ def timeout_of(params: Strict) -> float:
     return DEFAULT_TIMEOUT
 
 
-def secrets(ctx: ActionContext, params: Strict) -> list[str]:
-    """Values of every env var the runbook or these params name as a secret (and URL passwords)."""
+def _names(value: Any) -> set[str]:
+    if isinstance(value, str):
+        return {value}
+    if isinstance(value, Mapping):
+        return {v for v in value.values() if isinstance(v, str)}
+    if isinstance(value, list | tuple | set | frozenset):
+        return {v for v in value if isinstance(v, str)}
+    return set()
+
+
+def passed_env(params: object) -> set[str]:
+    """Names of the env vars these params pass in from the environment: exec's `env` list and
+    every `*_env` field (one name, or a list or mapping of names), whatever the action."""
+    names: set[str] = set()
+    # Not every caller's params are a model (run_action reports a wrong type as an outcome).
+    for field in getattr(type(params), "model_fields", {}):
+        if field == "env" or field.endswith("_env"):
+            names |= _names(getattr(params, field))
+    return names
+
+
+def secrets(ctx: ActionContext, params: object) -> list[str]:
+    """Values of every env var the runbook or these params name or pass in (and URL passwords).
+
+    A var passed to an action is hidden whatever its name: the runbook passes it because the
+    action needs it, and a program echoing its token in an error must not put it in the audit.
+    """
     book = ctx.runbook.runbook
     names: set[str] = {t.url_env for t in book.watch.redis if t.url_env}
     names |= {t.dsn_env for t in book.watch.postgres}
@@ -125,7 +153,7 @@ def secrets(ctx: ActionContext, params: Strict) -> list[str]:
                 names.add(r.slack.webhook_url_env)
             if r.webhook:
                 names |= {n for n in (r.webhook.url_env, r.webhook.token_env) if n}
-    names |= set(getattr(params, "headers_env", {}).values())
+    names |= passed_env(params)
     values = [ctx.env[n] for n in names if ctx.env.get(n)]
     for value in list(values):
         password = urlsplit(value).password if "://" in value else None
@@ -147,28 +175,24 @@ def _scrub(value: Any, hidden: Iterable[str]) -> Any:
     return value
 
 
-async def run_action(
-    name: str, params: Strict, ctx: ActionContext, metrics: ActionMetrics | None = None
+async def _guarded(
+    name: str, call: Callable[[], Awaitable[Outcome]], limit: float, hidden: Iterable[str],
+    metrics: ActionMetrics | None,
 ) -> Outcome:
-    """Run one action under its timeout; never raises (but for cancellation), always counts."""
+    """Await `call` under `limit`; never raises (but for cancellation), scrubs, always counts.
+
+    The one path every outcome takes to the audit, so no entry point can skip a part of it.
+    """
     started = time.monotonic()
-    limit = timeout_of(params)
     try:
-        impl = ACTION_IMPLS[name]
-        if not isinstance(params, ACTIONS[name]):
-            raise TypeError(f"{name} takes {ACTIONS[name].__name__}, not {type(params).__name__}")
         async with asyncio.timeout(limit):
-            result = await impl(ctx, params)
+            result = await call()
     except LabelError as exc:
         result = Outcome(name, Status.FAILED, 0.0, str(exc), {"label": exc.label})
     except TimeoutError:
         result = Outcome(name, Status.TIMEOUT, 0.0, f"did not finish within {limit:g}s")
-    except KeyError as exc:
-        result = Outcome(name, Status.FAILED, 0.0, f"unknown action {name!r}" if name not in
-                         ACTION_IMPLS else f"KeyError: {exc}")
     except Exception as exc:  # every failure of one action becomes its outcome
         result = Outcome(name, Status.FAILED, 0.0, truncate(f"{type(exc).__name__}: {exc}"))
-    hidden = secrets(ctx, params)
     result = dataclasses.replace(
         result,
         action=name,
@@ -182,5 +206,38 @@ async def run_action(
     return result
 
 
-__all__ = ["ACTION_IMPLS", "IDEMPOTENT", "ActionMetrics", "default_metrics", "run_action",
-           "timeout_of"]
+async def run_action(
+    name: str, params: Strict, ctx: ActionContext, metrics: ActionMetrics | None = None
+) -> Outcome:
+    """Run one action under its timeout; never raises (but for cancellation), always counts."""
+
+    async def call() -> Outcome:
+        impl = ACTION_IMPLS.get(name)
+        if impl is None:
+            return Outcome(name, Status.FAILED, 0.0, f"unknown action {name!r}")
+        if not isinstance(params, ACTIONS[name]):
+            raise TypeError(f"{name} takes {ACTIONS[name].__name__}, not {type(params).__name__}")
+        return await impl(ctx, params)
+
+    return await _guarded(name, call, timeout_of(params), secrets(ctx, params), metrics)
+
+
+RESOLVE_ACTION = "page_resolve"
+"""The action name of resolve_page's outcome and metrics."""
+
+
+async def resolve_page(
+    ctx: ActionContext, severity: str | None = None, metrics: ActionMetrics | None = None
+) -> Outcome:
+    """Tell the receivers paged for this occurrence that it healed (PagerDuty by dedup_key).
+
+    `severity` defaults to the one the last successful page in ctx.history went out with. Like
+    run_action: bounded by RESOLVE_TIMEOUT, never raises (but for cancellation), secrets
+    scrubbed, counted in `metrics` under the action name "page_resolve".
+    """
+    return await _guarded(RESOLVE_ACTION, lambda: notify.resolve(ctx, severity),
+                          RESOLVE_TIMEOUT, secrets(ctx, None), metrics)
+
+
+__all__ = ["ACTION_IMPLS", "IDEMPOTENT", "RESOLVE_TIMEOUT", "ActionMetrics", "default_metrics",
+           "passed_env", "resolve_page", "run_action", "secrets", "timeout_of"]

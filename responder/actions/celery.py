@@ -2,20 +2,41 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from celery import Celery
 
-from responder.actions.base import ActionContext, ActionFn, Outcome, Status, outcome
+from responder.actions.base import BLOCKING, ActionContext, ActionFn, Outcome, Status, outcome
 from responder.actions.labels import fill
 from responder.actions.targets import redis_url
 from runbook.actions import CeleryPoolParams, CeleryPurgeParams
 
+IO_TIMEOUT = 5.0
+"""Seconds any one connect or read on the broker may take.
+
+Above kombu's 1 s BRPOP polls, and well below the time run_action allows these actions (the
+connect grace it adds to the pools' reply window, its default for purge): a broker that accepts
+and never answers fails the action in time, and the thread running the call is released rather
+than blocked forever on a socket read no asyncio timeout can interrupt.
+"""
+
 
 def _app(broker: str) -> Any:
     # A bare app on the broker: only the control API and the broker connection are used.
-    return Celery("runbook-autopilot", broker=broker, set_as_current=False)
+    app = Celery("runbook-autopilot", broker=broker, set_as_current=False)
+    app.conf.update(
+        broker_connection_timeout=IO_TIMEOUT,
+        # One attempt: a retry loop would outlive the action's timeout on its thread.
+        broker_connection_retry=False,
+        broker_connection_retry_on_startup=False,
+        broker_connection_max_retries=0,
+        broker_transport_options={
+            "socket_timeout": IO_TIMEOUT,
+            "socket_connect_timeout": IO_TIMEOUT,
+            "max_retries": 0,
+        },
+    )
+    return app
 
 
 def _pool(broker: str, grow: bool, params: CeleryPoolParams) -> list[dict[str, Any]]:
@@ -35,7 +56,7 @@ async def _resize(ctx: ActionContext, params: CeleryPoolParams, grow: bool) -> O
     where = ", ".join(params.destination) or "every worker"
     if ctx.dry_run:
         return outcome(name, Status.DRY_RUN, f"would {verb} the pool of {where} by {params.n}")
-    replies = await asyncio.to_thread(_pool, redis_url(ctx, params.broker), grow, params)
+    replies = await BLOCKING.run(_pool, redis_url(ctx, params.broker), grow, params)
     answers = {worker: reply for item in replies for worker, reply in item.items()}
     errors = {w: r["error"] for w, r in answers.items() if isinstance(r, dict) and "error" in r}
     if not answers:
@@ -68,7 +89,7 @@ async def purge(ctx: ActionContext, params: CeleryPurgeParams) -> Outcome:
         return outcome(name, Status.FAILED, "refused: confirm is not set")
     if ctx.dry_run:
         return outcome(name, Status.DRY_RUN, f"would purge queue {queue}", queue=queue)
-    dropped = await asyncio.to_thread(_purge, redis_url(ctx, params.broker), queue)
+    dropped = await BLOCKING.run(_purge, redis_url(ctx, params.broker), queue)
     return outcome(name, Status.OK, f"purged {dropped} tasks from {queue}", queue=queue,
                    purged=dropped)
 

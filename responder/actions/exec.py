@@ -13,14 +13,11 @@ from responder.actions.base import (
     ActionFn,
     Outcome,
     Status,
+    head,
     outcome,
-    truncate,
 )
 from responder.actions.labels import fill
 from runbook.actions import ExecParams
-
-# Output kept while reading; more is drained and counted but not stored.
-_KEEP = OUTPUT_LIMIT * 2
 
 
 def build_argv(ctx: ActionContext, params: ExecParams) -> list[str]:
@@ -35,10 +32,20 @@ def build_env(ctx: ActionContext, params: ExecParams) -> dict[str, str]:
     return env
 
 
-async def _read(stream: asyncio.StreamReader, sink: bytearray) -> None:
+class _Output:
+    """The head of a program's output (what the outcome keeps) and how many bytes it wrote."""
+
+    def __init__(self) -> None:
+        self.kept = bytearray()
+        self.total = 0
+
+
+async def _read(stream: asyncio.StreamReader, sink: _Output) -> None:
+    # Drained to the end so the program never blocks on a full pipe; only the head is stored.
     while chunk := await stream.read(65536):
-        if len(sink) < _KEEP:
-            sink.extend(chunk[: _KEEP - len(sink)])
+        sink.total += len(chunk)
+        if len(sink.kept) < OUTPUT_LIMIT:
+            sink.kept.extend(chunk[: OUTPUT_LIMIT - len(sink.kept)])
 
 
 def _kill_group(pid: int) -> None:
@@ -62,7 +69,7 @@ async def run_exec(ctx: ActionContext, params: ExecParams) -> Outcome:
         start_new_session=True,  # its own process group, so a timeout kills its children too
     )
     assert process.stdout is not None
-    buffer = bytearray()
+    buffer = _Output()
     reader = asyncio.ensure_future(_read(process.stdout, buffer))
     status = Status.OK
     try:
@@ -80,13 +87,14 @@ async def run_exec(ctx: ActionContext, params: ExecParams) -> Outcome:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(reader), 1.0)
             reader.cancel()
-    output = truncate(buffer.decode("utf-8", "replace"))
+    # Cut once, here, where the total is known: outcome() would cut the note off again.
+    output = head(bytes(buffer.kept), buffer.total)
     code = process.returncode
     if status is Status.TIMEOUT:
         output = f"killed after {params.timeout:g}s timeout\n{output}"
     elif code != 0:
         status = Status.FAILED
-    return outcome("exec", status, output, argv=argv, returncode=code)
+    return Outcome("exec", status, 0.0, output, {"argv": argv, "returncode": code})
 
 
 IMPLS: dict[str, ActionFn] = {"exec": run_exec}

@@ -200,9 +200,18 @@ async def page(ctx: ActionContext, params: PageParams) -> Outcome:
 def paged_severity(ctx: ActionContext) -> str | None:
     """The severity the last page of this occurrence went out with, if any (from ctx.history)."""
     for item in reversed(ctx.history):
-        if item.action == "page" and item.status is Status.OK and item.detail.get("severity"):
+        if item.action == "page" and item.detail.get("severity") and _reached(item):
             return str(item.detail["severity"])
     return None
+
+
+def _reached(page: Outcome) -> bool:
+    """Whether a page told anyone: it did, though another receiver of it failed."""
+    if page.status is Status.OK:
+        return True
+    receivers = page.detail.get("receivers")
+    return isinstance(receivers, dict) and any(
+        str(said).startswith("sent") for said in receivers.values())
 
 
 async def resolve(ctx: ActionContext, severity: str | None = None) -> Outcome:

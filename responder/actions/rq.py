@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from redis import Redis
@@ -16,7 +15,7 @@ from rq.registry import (
     clean_registries,
 )
 
-from responder.actions.base import ActionContext, ActionFn, Outcome, Status, outcome
+from responder.actions.base import BLOCKING, ActionContext, ActionFn, Outcome, Status, outcome
 from responder.actions.labels import fill
 from responder.actions.targets import redis_url
 from runbook.actions import RqCleanParams, RqRequeueParams
@@ -29,8 +28,15 @@ _REGISTRIES = {
 }
 
 
-def _requeue(url: str, queue_name: str, limit: int) -> tuple[list[str], dict[str, str]]:
-    with Redis.from_url(url, socket_timeout=10.0) as conn:
+def _io_timeout(params: RqRequeueParams | RqCleanParams) -> float:
+    # Each connect and read bounded within the action's timeout (redis-py uses it for both),
+    # so a dead Redis releases the thread instead of holding it past the action.
+    return min(10.0, params.timeout)
+
+
+def _requeue(url: str, queue_name: str, limit: int, io_timeout: float
+             ) -> tuple[list[str], dict[str, str]]:
+    with Redis.from_url(url, socket_timeout=io_timeout) as conn:
         queue = Queue(queue_name, connection=conn)
         registry = FailedJobRegistry(queue=queue)
         done: list[str] = []
@@ -52,16 +58,16 @@ async def requeue_failed(ctx: ActionContext, params: RqRequeueParams) -> Outcome
     if ctx.dry_run:
         return outcome(name, Status.DRY_RUN, f"would requeue up to {params.limit} failed jobs "
                        f"of {queue}", queue=queue)
-    done, errors = await asyncio.to_thread(_requeue, redis_url(ctx, params.redis), queue,
-                                           params.limit)
+    done, errors = await BLOCKING.run(_requeue, redis_url(ctx, params.redis), queue,
+                                      params.limit, _io_timeout(params))
     lines = [f"requeued {len(done)} failed jobs of {queue}"]
     lines += [f"{job}: {error}" for job, error in errors.items()]
     return outcome(name, Status.FAILED if errors else Status.OK, "\n".join(lines), queue=queue,
                    requeued=done[:100], errors=errors)
 
 
-def _clean(url: str, queue_name: str) -> dict[str, Any]:
-    with Redis.from_url(url, socket_timeout=10.0) as conn:
+def _clean(url: str, queue_name: str, io_timeout: float) -> dict[str, Any]:
+    with Redis.from_url(url, socket_timeout=io_timeout) as conn:
         queue = Queue(queue_name, connection=conn)
         keys = {name: cls(queue=queue).key for name, cls in _REGISTRIES.items()}
         before = {name: int(conn.zcard(key)) for name, key in keys.items()}
@@ -76,7 +82,8 @@ async def clean(ctx: ActionContext, params: RqCleanParams) -> Outcome:
     queue = fill(params.queue, ctx.alert.labels, {})
     if ctx.dry_run:
         return outcome(name, Status.DRY_RUN, f"would clean the registries of {queue}", queue=queue)
-    counts = await asyncio.to_thread(_clean, redis_url(ctx, params.redis), queue)
+    counts = await BLOCKING.run(_clean, redis_url(ctx, params.redis), queue,
+                                _io_timeout(params))
     lines = [f"{reg}: {c['before']} -> {c['after']}" for reg, c in counts.items()]
     return outcome(name, Status.OK, "\n".join(lines), queue=queue, registries=counts)
 
