@@ -34,6 +34,12 @@ class ResolvedAlert:
     summary: str | None = None
     description: str | None = None
 
+    @property
+    def recorded_as(self) -> str:
+        """The middle of its recording rule's name (`svc:<this>:<unit>`): a signal's alerts
+        share their signal's rule, an expr alert records under its own key."""
+        return self.signal.name if self.signal else self.key
+
 
 class AlertProblem(ValueError):
     """A problem with one key of an alert, as (key path below the alert, reason)."""
@@ -68,6 +74,29 @@ def parse_threshold(value: float | str, unit: Unit) -> float:
     if unit is Unit.BYTES:
         return float(units.parse_size(value))
     return units.parse_count(value)
+
+
+def never_crossed(name: str, unit: Unit, below: bool, severity: str, threshold: float,
+                  written: object) -> str | None:
+    """Why no value of the signal can pass this threshold, or None if some value can.
+
+    Every unit is >= 0 and a ratio is at most 1 (a count threshold is already refused below 0),
+    so `< 0` and `> 1` on a ratio are conditions no sample meets: the alert would never fire
+    and its generated firing test would be left out without a word.
+    """
+    # As written (the tier's value reaches here as a float: 0 -> 0.0).
+    shown = f"{written:g}" if isinstance(written, float) else str(written)
+    if below and threshold <= 0:
+        zero = "0%" if unit is Unit.RATIO else "0"
+        example = "1%" if unit is Unit.RATIO else "1 (fires when it drops to 0)"
+        return (f"{severity} {shown} can never be crossed: {name} is never below {zero} and "
+                f"a `below` alert fires only under its threshold; write a threshold above "
+                f"{zero}, e.g. {example}")
+    if not below and unit is Unit.RATIO and threshold >= 1:
+        return (f"{severity} {shown} can never be crossed: {name} is a ratio of at most "
+                f"100% and fires only above its threshold; write a threshold below 100%, "
+                f"e.g. 95%")
+    return None
 
 
 def resolve(key: str, spec: AlertSpec) -> ResolvedAlert:
@@ -110,6 +139,10 @@ def resolve(key: str, spec: AlertSpec) -> ResolvedAlert:
             threshold = parse_threshold(raw, unit)
         except units.UnitError as exc:
             raise AlertProblem((severity,), f"{exc} (this signal is in {unit.value})") from exc
+        never = never_crossed(signal.name if signal else key, unit, below, severity, threshold,
+                              raw)
+        if never is not None:
+            raise AlertProblem((severity,), never)
         duration = tier_for if tier_for is not None else spec.for_
         if duration is None:
             raise AlertProblem((severity,), "no `for` duration (add for: 5m to the alert or tier)")

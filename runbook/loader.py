@@ -18,6 +18,7 @@ from runbook.actions import PLACEHOLDER
 from runbook.alerting import AlertProblem, ResolvedAlert, resolve, slo_alertname
 from runbook.matchers import Matcher, matchers_for, parse_matcher
 from runbook.schema import SEVERITIES, AlertSpec, RespondRule, Runbook, step_action
+from runbook.signals import SIGNALS
 from runbook.signals import Source as SignalSource
 from runbook.yamlsource import Path, Source, SourceError, format_path, parse_yaml
 
@@ -219,6 +220,8 @@ def _cross_check(
         missing = _missing_source(rb, resolved)
         if missing:
             problems.append((("alerts", key), missing))
+        else:
+            problems.extend(_unexported_for_kinds(rb, resolved))
         alerts.append(resolved)
     seen: dict[str, str] = {}
     for alert in alerts:
@@ -226,6 +229,8 @@ def _cross_check(
             problems.append((("alerts", alert.key), f"alertname {alert.alertname} is also used by "
                              f"alerts.{seen[alert.alertname]}; set alertname: to tell them apart"))
         seen[alert.alertname] = alert.key
+    problems.extend(_name_collisions(rb, alerts))
+    problems.extend(_reserved_labels(rb))
     known_alertnames = set(seen) | {slo_alertname(s) for s in rb.slos}
     redis_names = {t.name for t in rb.watch.redis}
     pg_names = {t.name for t in rb.watch.postgres}
@@ -273,6 +278,121 @@ def _cross_check(
     if problems:
         return None, problems
     return (tuple(alerts), tuple(rule_matchers)), problems
+
+
+def _name_collisions(rb: Runbook, alerts: list[ResolvedAlert]) -> Iterator[Problem]:
+    """Names two parts of one runbook would both render: one rule would read the other's."""
+    # A recording rule is named svc:<signal or expr key>:<unit>: an expr alert keyed like a
+    # signal another alert uses would make that alert read the expr (or the expr the signal).
+    signals = {(a.recorded_as, a.unit): a.key for a in alerts if a.signal is not None}
+    for alert in alerts:
+        other = signals.get((alert.recorded_as, alert.unit))
+        if alert.signal is None and other is not None:
+            yield ("alerts", alert.key), (
+                f"this expr alert records under the name of signal {alert.key} "
+                f"({rb.service}:{alert.key}:{alert.unit.value}), which alerts.{other} alarms on; "
+                "the two rules would read one series: rename this alert's key")
+    slo_names: dict[str, int] = {}
+    slo_alertnames: dict[str, str] = {}
+    for i, slo in enumerate(rb.slos):
+        if slo.name in slo_names:
+            yield ("slos", i, "name"), (
+                f"slos[{slo_names[slo.name]}] is also named {slo.name}: its burn-rate rules "
+                "would be written twice; give each SLO its own name")
+            continue
+        slo_names[slo.name] = i
+        name = slo_alertname(slo)
+        if name in slo_alertnames:
+            yield ("slos", i, "name"), (
+                f"its alertname {name} is also the one of SLO {slo_alertnames[name]}; "
+                "rename one of them")
+            continue
+        slo_alertnames[name] = slo.name
+    for alert in alerts:
+        if alert.alertname in slo_alertnames:
+            written = rb.alerts[alert.key].alertname is not None
+            yield ("alerts", alert.key, *(("alertname",) if written else ())), (
+                f"alertname {alert.alertname} is the one SLO {slo_alertnames[alert.alertname]} "
+                "alerts under (slos get <Name>ErrorBudgetBurn): "
+                + ("choose another alertname" if written else "set alertname: to another name"))
+
+
+# Labels runbook `labels:` may not set, and why: the rules set them, keep them per series
+# (recording rules group by them) or Prometheus and Alertmanager give them a meaning. Overriding
+# one would merge distinct series into one labelset, which Prometheus refuses at evaluation.
+_RULE_LABELS = {
+    "alertname": "Prometheus names the alert with it",
+    "severity": "each tier's rule sets it (and Alertmanager routes by it)",
+    "tier": "each tier's rule sets it",
+    "service": "every rule sets it to the runbook's service (and Alertmanager groups by it)",
+    "signal": "every rule sets it to the alert's key",
+    "slo": "SLO rules tell their SLOs apart by it",
+    "job": "Prometheus sets it to the scrape job",
+    "instance": "Prometheus sets it to the scraped address",
+    "le": "histogram buckets are told apart by it",
+}
+
+
+def _reserved_label(name: str) -> str | None:
+    if name.startswith("__"):
+        return "label names starting with __ are Prometheus' own"
+    if name in _RULE_LABELS:
+        return _RULE_LABELS[name]
+    if any(name in s.selectable for s in SIGNALS.values()):
+        return "signals keep one series per value of it (the rules group by it)"
+    return None
+
+
+def _reserved_labels(rb: Runbook) -> Iterator[Problem]:
+    for name in rb.labels:
+        why = _reserved_label(name)
+        if why is not None:
+            yield ("labels", name), (
+                f"{name!r} is reserved: {why}; setting it on every rule would override it "
+                "(pick another label name)")
+
+
+# Signals the exporter measures only for some queue kinds (exporter/collectors/queues.py):
+# the metric it would need, and why Celery queues have none.
+_QUEUE_KINDS = ("bullmq", "celery", "rq")
+_NOT_FOR_CELERY = {
+    "queue_workers": ("runbook_queue_workers",
+                      "Celery keeps no passive worker registry in Redis"),
+    "queue_oldest_age": ("runbook_queue_oldest_job_age_seconds",
+                         "the exporter reads no enqueue time from Celery's Redis lists"),
+}
+
+
+def _unexported_for_kinds(rb: Runbook, alert: ResolvedAlert) -> Iterator[Problem]:
+    """Refuse an alert on a queue signal that none of the queues it watches can produce.
+
+    The queues an alert watches are those of its select (target, queue, kind); a target that
+    discovers queues may find any kind. The alert is refused only when every queue it can
+    watch is a Celery queue: with one BullMQ or RQ queue among them it still fires for that one.
+    """
+    if alert.signal is None or alert.signal.name not in _NOT_FOR_CELERY:
+        return
+    select = alert.select
+    kinds: set[str] = set()
+    for target in rb.watch.redis:
+        if "target" in select and target.name != select["target"]:
+            continue
+        for kind in _QUEUE_KINDS:
+            names: list[str] = getattr(target.queues, kind)
+            if target.queues.discover or any(select.get("queue", n) == n for n in names):
+                kinds.add(kind)
+    if "kind" in select:
+        kinds &= {select["kind"]}
+    if kinds != {"celery"} and select.get("kind") != "celery":
+        return
+    where: Path = ("alerts", alert.key, "select", "kind") if select.get("kind") == "celery" \
+        else ("alerts", alert.key)
+    metric, why = _NOT_FOR_CELERY[alert.signal.name]
+    yield where, (
+        f"{alert.signal.name} can never fire here: every queue this alert watches is a Celery "
+        f"queue, and {metric} is not exported for Celery queues ({why}); it is exported for "
+        "BullMQ and RQ queues only. For Celery, have the workers write a heartbeat and alert on "
+        "its staleness (a watch.freshness check and the staleness signal)")
 
 
 def _rule_matchers(rule: RespondRule, path: Path, problems: list[Problem]) -> tuple[Matcher, ...]:
@@ -344,15 +464,83 @@ def _pydantic_errors(exc: ValidationError, source: Source) -> list[SourceError]:
     # `routing_key: ...` written inline is one mistake: do not also report routing_key_env missing.
     inline = {(*e["loc"][:-1], f"{e['loc'][-1]}_env") for e in errors
               if e["type"] == "extra_forbidden"}
+    # A value that matches no member of a union of scalars (and maybe a model) is one mistake,
+    # reported once at the value: pydantic lists one error per member tried.
+    at_union: dict[Path, list[tuple[Any, _Branch]]] = {}
     for err in errors:
         if err["type"] == "missing" and tuple(err["loc"]) in inline:
             continue
-        data_path, fields = _walk(Runbook, err["loc"])
-        data_path = _as_written(source.data, data_path)
-        reason = _reason(err, fields)
-        out.append(SourceError(source.file, source.line_of(data_path), format_path(data_path),
-                               reason))
+        data_path, fields, branches = _walk(Runbook, err["loc"])
+        if not _on_written_branch(source.data, branches):
+            continue
+        if branches and branches[-1].path == data_path:
+            at_union.setdefault(data_path, []).append((err, branches[-1]))
+            continue
+        out.append(_source_error(source, data_path, _reason(err, fields)))
+    for data_path, tried in at_union.items():
+        out.append(_source_error(source, data_path, _union_reason(tried)))
     return out
+
+
+def _source_error(source: Source, data_path: Path, reason: str) -> SourceError:
+    written = _as_written(source.data, data_path)
+    return SourceError(source.file, source.line_of(written), format_path(written), reason)
+
+
+@dataclass(frozen=True)
+class _Branch:
+    """A union an error location went through: where its value is and which member was tried."""
+
+    path: Path
+    member: Any
+    members: tuple[Any, ...]
+
+
+_MISSING = object()
+
+
+def _value_at(data: Any, path: Path) -> Any:
+    node = data
+    for part in path:
+        try:
+            node = node[part]
+        except (KeyError, IndexError, TypeError):
+            return _MISSING
+    return node
+
+
+def _on_written_branch(data: Any, branches: list[_Branch]) -> bool:
+    """Whether an error belongs to a union member the value could have been written for.
+
+    A mapping under a union of scalars and a model (a long-form tier) can only be meant as the
+    model: the scalar members' errors name types the user never wrote, so they are dropped.
+    """
+    for branch in branches:
+        if _is_model(branch.member) or not any(_is_model(m) for m in branch.members):
+            continue
+        if isinstance(_value_at(data, branch.path), dict):
+            return False
+    return True
+
+
+def _union_reason(tried: list[tuple[Any, _Branch]]) -> str:
+    """One reason for a value no member of a union accepted."""
+    # A validator's own reason (a bad duration...) says more than the list of types.
+    own = [err for err, _ in tried if err["type"] in ("value_error", "assertion_error")]
+    if len(own) == 1:
+        return _reason(own[0], [])
+    members = tried[0][1].members
+    value = tried[0][0].get("input")
+    forms = " or ".join(dict.fromkeys(_describe(m) for m in members))
+    return f"expected {forms}: got {value!r}"
+
+
+def _describe(member: Any) -> str:
+    if _is_model(member):
+        return "a mapping of " + ", ".join(_keys(member))
+    names = {bool: "true or false", int: "a whole number", float: "a number", str: "a string",
+             list: "a list", dict: "a mapping"}
+    return names.get(typing.get_origin(member) or member, str(member))
 
 
 def _as_written(data: Any, path: Path) -> Path:
@@ -405,23 +593,30 @@ def _reason(err: Any, fields: list[str]) -> str:
     return msg
 
 
-def _walk(model: Any, loc: tuple[Any, ...]) -> tuple[Path, list[str]]:
+def _walk(model: Any, loc: tuple[Any, ...]) -> tuple[Path, list[str], list[_Branch]]:
     """Follow a pydantic error location through the schema types.
 
-    Returns the path as written in the file (union tags dropped) and the keys allowed
-    at the parent of the last element (for "did you mean").
+    Returns the path as written in the file (union tags dropped), the keys allowed at the
+    parent of the last element (for "did you mean") and the unions passed on the way.
     """
     path: list[str | int] = []
     current: Any = model
     fields: list[str] = []
+    branches: list[_Branch] = []
     for part in loc:
         current = _unwrap(current)
-        if isinstance(current, tuple):  # a union: a tag picks the member, and is not in the file
-            member = next((m for m in current if isinstance(part, str) and part in _keys(m)), None)
+        if isinstance(current, tuple):  # a union: a tag names the member, and is not in the file
+            members = current
+            member = next((m for m in members if isinstance(part, str)
+                           and (part in _keys(m) or part == getattr(m, "__name__", None))), None)
+            if member is None and not all(_is_model(m) for m in members):
+                # A member pydantic tags by its schema (`function-after[...]`): a scalar one.
+                member = next((m for m in members if not _is_model(m)), None)
             if member is not None:
+                branches.append(_Branch(tuple(path), member, members))
                 current = member
                 continue
-            current = next((m for m in current if _is_model(m)), None)
+            current = next((m for m in members if _is_model(m)), None)
         if _is_model(current):
             fields = _keys(current)
             path.append(part)
@@ -429,7 +624,7 @@ def _walk(model: Any, loc: tuple[Any, ...]) -> tuple[Path, list[str]]:
         else:
             path.append(part)
             current = _element(current)
-    return tuple(path), fields
+    return tuple(path), fields, branches
 
 
 def _is_model(tp: Any) -> bool:
@@ -457,11 +652,11 @@ def _unwrap(tp: Any) -> Any:
             continue
         if origin in (typing.Union, types.UnionType):
             members = [_unwrap(a) for a in typing.get_args(tp) if a is not type(None)]
-            models = [m for m in members if _is_model(m)]
             if len(members) == 1:
                 tp = members[0]
                 continue
-            return tuple(models) if models else (members[0] if members else None)
+            # Every member, scalars too: pydantic tags each one in an error's location.
+            return tuple(members) if members else None
         return tp
 
 

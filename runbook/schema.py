@@ -73,7 +73,11 @@ class Queues(Strict):
 
     bullmq: list[str] = Field(default_factory=list)
     bullmq_prefix: str = "bull"
-    celery: list[str] = Field(default_factory=list)
+    celery: list[str] = Field(
+        default_factory=list,
+        description="Celery queue names (Redis lists); they have no queue_workers nor "
+                    "queue_oldest_age: an alert on those watching only Celery queues is refused",
+    )
     rq: list[str] = Field(default_factory=list)
     discover: bool = Field(default=False, description="also find queues the libraries register")
 
@@ -224,6 +228,11 @@ class Watch(Strict):
     logs: list[LogWatch] = Field(default_factory=list)
     freshness: list[FreshnessCheck] = Field(default_factory=list)
     app: AppMetrics | None = None
+    exporter_job: str | None = Field(
+        default=None, min_length=1,
+        description="the scrape job of this runbook's exporter; every rule and dashboard "
+        "query of runbook_* metrics matches it (default: runbook-<service>)",
+    )
 
 
 # ---------------------------------------------------------------- alerts
@@ -500,7 +509,12 @@ class Runbook(Strict):
     service: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")
     description: str = ""
     runbook_url: str | None = Field(default=None, description="base URL of the human runbook")
-    labels: dict[str, str] = Field(default_factory=dict, description="added to every rule")
+    labels: dict[str, str] = Field(
+        default_factory=dict,
+        description="added to every alerting rule; not a label the rules set or keep: "
+                    "alertname, severity, tier, service, signal, slo, target, queue, kind, "
+                    "mount, pattern, job, instance, le, nor one starting with `__`",
+    )
     watch: Watch = Field(default_factory=Watch)
     alerts: dict[str, AlertSpec] = Field(default_factory=dict)
     slos: list[Slo] = Field(default_factory=list)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from decimal import Decimal, InvalidOperation
 
@@ -38,6 +39,13 @@ class UnitError(ValueError):
     """A value that is not written in the unit its key expects."""
 
 
+def _finite(value: float, what: str, example: str) -> None:
+    """Refuse YAML's .inf and .nan: Prometheus durations and thresholds are finite, and the
+    renderer cannot write either (a threshold of NaN never compares true)."""
+    if not math.isfinite(value):
+        raise UnitError(f"{value!r} is not a {what}: it must be a finite number ({example})")
+
+
 def parse_duration(value: object) -> float:
     """Seconds from a Prometheus duration such as `5m`, `1h30m` or `500ms`.
 
@@ -47,6 +55,7 @@ def parse_duration(value: object) -> float:
     if isinstance(value, bool):
         raise UnitError(f"{value!r} is not a duration (use 30s, 5m, 1h30m)")
     if isinstance(value, int | float):
+        _finite(value, "duration", "use 30s, 5m, 1h30m")
         if value < 0:
             raise UnitError(f"{value!r} is not a duration: it is negative")
         return float(value)
@@ -95,6 +104,7 @@ def parse_ratio(value: object) -> float:
         raise UnitError(f"{value!r} is not a ratio (use 70% or 0.7)")
     if isinstance(value, int | float):
         number = float(value)
+        _finite(number, "ratio", "use 70% or 0.7")
         if not 0 <= number <= 1:
             raise UnitError(f"{value!r} is not a ratio between 0 and 1 (percent: {value}%)")
         return number
@@ -138,6 +148,7 @@ def parse_count(value: object) -> float:
     """A plain non-negative number (queue depth, connections)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise UnitError(f"{value!r} is not a number")
+    _finite(value, "number", "e.g. 100")
     if value < 0:
         raise UnitError(f"{value!r} is negative")
     return float(value)

@@ -520,6 +520,39 @@ def test_prometheus_config_reaches_the_compose_services() -> None:
     assert alerting == {f"127.0.0.1:{LOOP_PORTS['alertmanager']}"}
 
 
+def test_compose_exporter_is_scraped_under_its_runbooks_job() -> None:
+    """The rules select the exporter's series by job: the compose exporter's job must be the
+    one its runbook's rules expect, and no other service's job may scrape it."""
+    from runbook.render.expressions import exporter_job
+
+    config = yaml.safe_load((DEPLOY / "prometheus.yml").read_text(encoding="utf-8"))
+    runbook_file = next(Path(v.split(":", 1)[0]) for v in compose()["services"]["exporter"][
+        "volumes"] if str(v).endswith(":/etc/runbook/runbook.yml:ro"))
+    expected = exporter_job(load_runbook(DEPLOY / runbook_file).runbook)
+    exporter = f"127.0.0.1:{LOOP_PORTS['exporter']}"
+    scraping = [job["job_name"] for job in config["scrape_configs"]
+                for sc in job.get("static_configs", []) if exporter in sc["targets"]]
+    assert scraping == [expected]
+
+
+def test_servicemonitor_sets_the_job_the_rules_select() -> None:
+    from runbook.render.expressions import exporter_job
+
+    (monitor, _) = yaml_docs(K8S / "servicemonitor.yaml")
+    validate_manifest(monitor)
+    (endpoint,) = monitor["spec"]["endpoints"]
+    jobs = [r["replacement"] for r in endpoint.get("relabelings", [])
+            if r.get("targetLabel") == "job" and r.get("action", "replace") == "replace"]
+    assert jobs == [exporter_job(load_runbook(K8S_RUNBOOK).runbook)]
+    rules = yaml.safe_load((K8S / "prometheusrule-blog-engine.yaml").read_text())
+    exprs = [r["expr"] for g in rules["spec"]["groups"] for r in g["rules"]]
+    assert any(f'job="{jobs[0]}"' in e for e in exprs)
+    # The CRD schema does check the relabeling: a misspelt key is refused.
+    endpoint["relabelings"][0]["target_label"] = endpoint["relabelings"][0].pop("targetLabel")
+    with pytest.raises(jsonschema.ValidationError, match="target_label"):
+        validate_manifest(monitor)
+
+
 def test_amtool_checks_the_provisioned_alertmanager_config() -> None:
     done = run_tool([find_tool("amtool"), "check-config", str(DEPLOY / "alertmanager.yml")])
     assert done.returncode == 0, done.stdout + done.stderr

@@ -384,9 +384,11 @@ def test_scraper_numbers() -> None:
     assert tiers(alert(rb, "cache_hit_rate")) == {"high": (0.50, 5 * MIN)}
     assert alert(rb, "cache_hit_rate").below
     assert tiers(alert(rb, "queue_depth")) == {"high": (1000.0, 5 * MIN)}
-    # "No workers running: High": fewer than one worker.
-    assert tiers(alert(rb, "queue_workers")) == {"high": (1.0, 2 * MIN)}
-    assert alert(rb, "queue_workers").below
+    # "No workers running: High": /health's Celery status failing (Celery has no worker
+    # registry the exporter could read), held for 2m.
+    assert tiers(alert(rb, "celery_workers_down")) == {"high": (0.0, 2 * MIN)}
+    assert alert(rb, "celery_workers_down").signal.name == "probe_failures"
+    assert alert(rb, "celery_workers_down").select == {"target": "celery"}
     assert tiers(alert(rb, "database_down")) == {"critical": (1.0, 1 * MIN)}
     assert tiers(alert(rb, "redis_down")) == {"medium": (1.0, 1 * MIN)}
     assert tiers(alert(rb, "oom_errors")) == {"critical": (0.0, 0.0)}
@@ -430,7 +432,7 @@ def test_scraper_responses() -> None:
         assert [n for n, _ in steps(rule)] == ["files_clean"]
     assert response(rb, "DiskUsageHigh", "medium").mode == "page"
     for alertname, severity in (("ScraperSuccessRateLow", "critical"),
-                                ("ErrorRateHigh", "critical"), ("QueueWorkersLow", "high"),
+                                ("ErrorRateHigh", "critical"), ("CeleryWorkersDown", "high"),
                                 ("DatabaseDown", "critical"), ("RedisDown", "medium")):
         assert response(rb, alertname, severity).mode == "page"
     assert set(rb.runbook.page) == {"critical", "high", "medium"}

@@ -92,7 +92,8 @@ def test_unknown_collector_lists_the_known_ones(tmp_path: Path) -> None:
           mysql: {}
           htp: []
         """,
-          (3, "watch.mysql", ("unknown key 'mysql'", "known keys: app, freshness, host, http")),
+          (3, "watch.mysql", ("unknown key 'mysql'", "known keys: app, ",
+                              "freshness, host, http, logs, postgres, redis")),
           (4, "watch.htp", ("unknown key 'htp'", "did you mean http?")))
 
 
@@ -668,3 +669,270 @@ def test_a_broken_alert_does_not_make_rules_naming_it_look_wrong(tmp_path: Path)
             mode: page
         """,
           (3, "alerts.memory_usage.colour", ("unknown key",)))
+
+
+# ------------------------------------------------------------------ values no rule can use
+
+QUEUES = """
+        watch:
+          redis:
+            - name: main
+              url: redis://127.0.0.1:6379/0
+              queues: {bullmq: [scrape], celery: [mail], rq: [reports]}"""
+
+
+@pytest.mark.parametrize(("alert", "words"), [
+    ("queue_workers: {critical: 0, for: 2m}",
+     ("critical 0 can never be crossed", "never below 0", "threshold above 0")),
+    ("memory_usage: {warning: 90%, critical: 100%, for: 5m}",
+     ("critical 100% can never be crossed", "at most 100%", "below 100%")),
+    ("cache_hit_rate: {warning: 0%, for: 5m}",
+     ("warning 0% can never be crossed", "never below 0%", "above 0%")),
+])
+def test_threshold_no_value_can_cross(tmp_path: Path, alert: str,
+                                      words: tuple[str, ...]) -> None:
+    # `< 0` or a ratio `> 1` never holds: the alert would never fire, and its generated
+    # firing test would be left out without a word.
+    key = alert.split(":")[0]
+    tier = "warning" if "warning: 0%" in alert else "critical"
+    check(tmp_path, f"""
+        service: api{QUEUES}
+        alerts:
+          {alert}
+        """, (8, f"alerts.{key}.{tier}", words))
+
+
+def test_threshold_just_inside_the_range_is_kept(tmp_path: Path) -> None:
+    loaded = load(tmp_path, f"""
+        service: api{QUEUES}
+        alerts:
+          queue_workers: {{critical: 1, for: 2m, select: {{kind: bullmq}}}}
+          memory_usage: {{critical: 99.9%, for: 5m}}
+        """)
+    assert [a.tiers[0].threshold for a in loaded.alerts] == [1.0, 0.999]
+
+
+@pytest.mark.parametrize(("line", "where"), [
+    ("warning: .inf", "alerts.queue_depth.warning"),
+    ("warning: .nan", "alerts.queue_depth.warning"),
+    ("warning: -.inf", "alerts.queue_depth.warning"),
+])
+def test_infinite_or_nan_threshold(tmp_path: Path, line: str, where: str) -> None:
+    check(tmp_path, f"""
+        service: api{QUEUES}
+        alerts:
+          queue_depth:
+            {line}
+            for: 5m
+        """, (9, where, ("finite",)))
+
+
+def test_nan_duration(tmp_path: Path) -> None:
+    check(tmp_path, f"""
+        service: api{QUEUES}
+        alerts:
+          queue_depth:
+            warning: 10
+            for: .nan
+          memory_usage:
+            warning: 70%
+            critical: {{threshold: 90%, for: .inf}}
+            for: 5m
+        """,
+          (10, "alerts.queue_depth.for", ("nan is not a duration", "finite")),
+          (13, "alerts.memory_usage.critical.for", ("inf is not a duration", "finite")))
+
+
+# ------------------------------------------------------------------ names rendered twice
+
+
+def test_expr_alert_keyed_like_a_signal_another_alert_uses(tmp_path: Path) -> None:
+    # Both would record svc:queue_depth:count: JobsBacklogHigh would read the expr.
+    check(tmp_path, f"""
+        service: api{QUEUES}
+        alerts:
+          queue_depth:
+            expr: sum(redis_list_length)
+            unit: count
+            warning: 10
+            for: 5m
+          jobs_backlog:
+            signal: queue_depth
+            warning: 100
+            for: 5m
+        """, (8, "alerts.queue_depth", ("records under the name of signal queue_depth",
+                                         "alerts.jobs_backlog", "rename this alert's key")))
+
+
+def test_expr_alert_keyed_like_a_signal_in_another_unit_is_kept(tmp_path: Path) -> None:
+    loaded = load(tmp_path, f"""
+        service: api{QUEUES}
+        alerts:
+          queue_depth: {{expr: sum(x), unit: ratio, warning: 50%, for: 5m}}
+          jobs_backlog: {{signal: queue_depth, warning: 100, for: 5m}}
+        """)
+    assert len(loaded.alerts) == 2
+
+
+def test_two_slos_with_one_name(tmp_path: Path) -> None:
+    check(tmp_path, """
+        service: api
+        watch:
+          http: [{name: health, url: "http://127.0.0.1:8080/health"}]
+        slos:
+          - name: availability
+            objective: 99.9%
+          - name: availability
+            objective: 99%
+        """, (7, "slos[1].name", ("slos[0] is also named availability", "own name")))
+
+
+def test_slo_names_with_one_alertname(tmp_path: Path) -> None:
+    check(tmp_path, """
+        service: api
+        watch:
+          http: [{name: health, url: "http://127.0.0.1:8080/health"}]
+        slos:
+          - {name: api_avail, objective: 99.9%}
+          - {name: api__avail, objective: 99%}
+        """, (6, "slos[1].name", ("ApiAvailErrorBudgetBurn", "SLO api_avail")))
+
+
+def test_alertname_taken_by_an_slo(tmp_path: Path) -> None:
+    check(tmp_path, """
+        service: api
+        watch:
+          http: [{name: health, url: "http://127.0.0.1:8080/health"}]
+        alerts:
+          error_rate:
+            warning: 5%
+            alertname: AvailabilityErrorBudgetBurn
+            for: 5m
+        slos:
+          - {name: availability, objective: 99.9%}
+        """, (7, "alerts.error_rate.alertname", (
+            "AvailabilityErrorBudgetBurn is the one SLO availability alerts under",
+            "choose another alertname")))
+
+
+# ------------------------------------------------------------------ labels the rules own
+
+
+def test_labels_the_rules_set_or_keep_are_reserved(tmp_path: Path) -> None:
+    # With target overridden every probe's series got one labelset, which promtool refuses.
+    check(tmp_path, """
+        service: api
+        labels:
+          team: web
+          target: api
+          alertname: Foo
+          __meta: x
+          queue: q
+          job: api
+        """,
+          (4, "labels.target", ("'target' is reserved", "group by it", "another label name")),
+          (5, "labels.alertname", ("'alertname' is reserved", "names the alert")),
+          (6, "labels.__meta", ("'__meta' is reserved", "Prometheus' own")),
+          (7, "labels.queue", ("'queue' is reserved",)),
+          (8, "labels.job", ("'job' is reserved", "scrape job")))
+
+
+@pytest.mark.parametrize("name", ["kind", "mount", "pattern", "slo", "severity", "service",
+                                  "signal", "tier", "instance", "le"])
+def test_every_label_the_rules_use_is_reserved(tmp_path: Path, name: str) -> None:
+    check(tmp_path, f"""
+        service: api
+        labels: {{{name}: x}}
+        """, (2, f"labels.{name}", (f"'{name}' is reserved",)))
+
+
+# ------------------------------------------------------------------ errors inside a union
+
+
+def test_errors_inside_a_long_form_tier(tmp_path: Path) -> None:
+    # One error per key, at its own line; not the number/string members' errors, nor the
+    # union members' names in the path.
+    check(tmp_path, f"""
+        service: api{QUEUES}
+        alerts:
+          queue_depth:
+            warning: 50
+            critical:
+              threshold: 100
+              for: 10 m
+              fro: 5m
+        """,
+          (12, "alerts.queue_depth.critical.for", ("'10 m' is not a duration",)),
+          (13, "alerts.queue_depth.critical.fro", ("unknown key 'fro'", "did you mean for?")))
+
+
+def test_a_tier_of_no_accepted_form(tmp_path: Path) -> None:
+    check(tmp_path, f"""
+        service: api{QUEUES}
+        alerts:
+          queue_depth:
+            for: 5m
+            warning: [50]
+            critical:
+              threshold: {{value: 100}}
+        """,
+          (10, "alerts.queue_depth.warning", (
+              "expected a number or a string or a mapping of threshold, for", "got [50]")),
+          (12, "alerts.queue_depth.critical.threshold", (
+              "expected a number or a string", "got {'value': 100}")))
+
+
+# ------------------------------------------------------------------ signals a queue kind lacks
+
+
+@pytest.mark.parametrize("signal", ["queue_workers", "queue_oldest_age"])
+def test_queue_signal_celery_does_not_export(tmp_path: Path, signal: str) -> None:
+    tier = "high: 1" if signal == "queue_workers" else "high: 10m"
+    check(tmp_path, f"""
+        service: api
+        watch:
+          redis:
+            - {{name: main, url: "redis://127.0.0.1:6379/0", queues: {{celery: [celery]}}}}
+        alerts:
+          {signal}:
+            {tier}
+            for: 2m
+        """, (6, f"alerts.{signal}", ("every queue this alert watches is a Celery queue",
+                                      "BullMQ and RQ", "heartbeat", "staleness")))
+
+
+@pytest.mark.parametrize(("select", "where"), [
+    ("{kind: celery}", "alerts.queue_workers.select.kind"),
+    ("{queue: mail}", "alerts.queue_workers"),
+    ("{target: broker}", "alerts.queue_workers"),
+])
+def test_queue_signal_selected_down_to_celery(tmp_path: Path, select: str, where: str) -> None:
+    check(tmp_path, f"""
+        service: api
+        watch:
+          redis:
+            - {{name: main, url: "redis://127.0.0.1:6379/0", queues: {{rq: [reports]}}}}
+            - {{name: broker, url: "redis://127.0.0.1:6379/1", queues: {{celery: [mail]}}}}
+        alerts:
+          queue_workers:
+            select: {select}
+            high: 1
+            for: 2m
+        """, (8 if where.endswith("kind") else 7, where, ("Celery",)))
+
+
+@pytest.mark.parametrize("queues", ["{celery: [mail], rq: [reports]}",
+                                    "{celery: [mail], bullmq: [scrape]}",
+                                    "{celery: [mail], discover: true}"])
+def test_queue_signal_kept_when_a_queue_can_export_it(tmp_path: Path, queues: str) -> None:
+    # It still fires for the BullMQ / RQ queues (or those discovery finds).
+    loaded = load(tmp_path, f"""
+        service: api
+        watch:
+          redis:
+            - {{name: main, url: "redis://127.0.0.1:6379/0", queues: {queues}}}
+        alerts:
+          queue_workers: {{high: 1, for: 2m}}
+          queue_oldest_age: {{high: 10m, for: 2m}}
+        """)
+    assert [a.key for a in loaded.alerts] == ["queue_workers", "queue_oldest_age"]

@@ -179,3 +179,41 @@ def test_committed_dashboards_are_grafana_json() -> None:
         data = json.loads(path.read_text())
         assert data["uid"].startswith("runbook-")
         assert yaml.safe_load(path.read_text()) == data
+
+
+def _unscoped(expr: str, job: str) -> set[str]:
+    """runbook_* metrics an expression reads without the matcher job="<job>"."""
+    ast = promql_parser.parse(expr.replace("$__rate_interval", "5m"))
+    found: set[str] = set()
+
+    def visit(node: Any) -> None:
+        if isinstance(node, promql_parser.VectorSelector) and node.name and \
+                node.name.startswith("runbook_"):
+            scoped = any(m.name == "job" and m.value == job and m.op == promql_parser.MatchOp.Equal
+                         for m in node.matchers.matchers)
+            if not scoped:
+                found.add(node.name)
+
+    promql_parser.walk(ast, visit)
+    return found
+
+
+@pytest.mark.parametrize("loaded", LOADED, ids=lambda lb: lb.service)
+def test_every_exporter_selector_is_scoped_to_the_runbooks_job(loaded: LoadedRunbook) -> None:
+    """Two services' exporters in one Prometheus publish the same runbook_* names: each
+    rendered query must read its own exporter's job only (the runbook's own `expr` aside)."""
+    job = loaded.runbook.watch.exporter_job or f"runbook-{loaded.service}"
+    custom = {a.key for a in loaded.alerts if a.signal is None}
+    for group in rule_groups(loaded, Timing()):
+        for rule in group["rules"]:
+            if "record" in rule and rule["record"].split(":")[1] not in custom:
+                assert not _unscoped(rule["expr"], job), rule["record"]
+    board = dashboard_json(loaded, Timing())
+    for panel in _panels(board):
+        for target in panel.get("targets", []):
+            assert not _unscoped(target["expr"], job), (panel["title"], target["expr"])
+
+
+def test_an_unscoped_selector_is_caught() -> None:
+    assert _unscoped("sum(runbook_queue_depth{job=\"other\"}) + runbook_pg_up", "mine") == \
+        {"runbook_queue_depth", "runbook_pg_up"}

@@ -10,9 +10,11 @@ import pytest
 import yaml
 
 from runbook.loader import load_runbook, load_text
+from runbook.render import RenderError
 from runbook.render.alertmanager import Delivery, alertmanager_config, page_only, static_labels
 from runbook.render.operator import prometheus_rule
 from runbook.render.output import Options, render_all, write_all
+from runbook.render.prometheus import prometheus_config
 from runbook.render.rules import rule_groups
 from runbook.render.timing import Timing
 from tests.test_render_rules import PROBES, SINK
@@ -142,7 +144,9 @@ def test_time_scale_shrinks_alertmanager_timers() -> None:
 def test_prometheus_config_scrapes_exporter_and_responder(rendered: Path) -> None:
     config = yaml.safe_load((rendered / "deploy" / "prometheus.yml").read_text())
     jobs = {j["job_name"]: j["static_configs"][0]["targets"] for j in config["scrape_configs"]}
-    assert jobs == {"runbook-exporter": ["127.0.0.1:9817"],
+    # One job per runbook, named as its rules' job matcher; the one plain address goes to the
+    # first runbook, the other keeps its job without a target rather than scrape a stranger.
+    assert jobs == {"runbook-kitchen-sink": ["127.0.0.1:9817"], "runbook-probes-only": [],
                     "runbook-responder": ["127.0.0.1:9818"]}
     assert config["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"] == \
         ["127.0.0.1:9093"]
@@ -189,3 +193,35 @@ def test_prometheusrule_has_same_groups_as_rule_file() -> None:
     manifest = prometheus_rule(loaded, Timing(), "prom")
     assert manifest["spec"]["groups"] == rule_groups(loaded, Timing())
     assert manifest["metadata"]["labels"]["release"] == "prom"
+
+
+def _jobs(runbooks: list[str], exporters: list[str]) -> dict[str, list[str]]:
+    config = prometheus_config([load_text(t, f"r{i}.yml") for i, t in enumerate(runbooks)],
+                               Timing(), "http://127.0.0.1:9818/alerts", exporters,
+                               "127.0.0.1:9093")
+    return {j["job_name"]: j["static_configs"][0]["targets"] for j in config["scrape_configs"]
+            if j["job_name"] != "runbook-responder"}
+
+
+def test_each_runbook_gets_its_exporters_job() -> None:
+    named = PROBES.replace("watch:\n", "watch:\n  exporter_job: edge-probes\n", 1)
+    assert _jobs([SINK, named], ["probes-only=10.0.0.2:9817", "kitchen-sink=10.0.0.1:9817"]) \
+        == {"runbook-kitchen-sink": ["10.0.0.1:9817"], "edge-probes": ["10.0.0.2:9817"]}
+    assert _jobs([SINK, PROBES], ["10.0.0.1:9817", "10.0.0.2:9817"]) == {
+        "runbook-kitchen-sink": ["10.0.0.1:9817"], "runbook-probes-only": ["10.0.0.2:9817"]}
+    # A runbook rendered alone: every plain address is one of its replicas.
+    assert _jobs([PROBES], ["10.0.0.1:9817", "10.0.0.2:9817"]) == {
+        "runbook-probes-only": ["10.0.0.1:9817", "10.0.0.2:9817"]}
+    with pytest.raises(RenderError, match="no rendered runbook has service 'nope'"):
+        _jobs([SINK, PROBES], ["nope=10.0.0.1:9817"])
+    with pytest.raises(RenderError, match="SERVICE=HOST:PORT"):
+        _jobs([SINK, PROBES], ["10.0.0.1:1", "10.0.0.2:2", "10.0.0.3:3"])
+
+
+def test_rendered_job_matches_the_rules_job_matcher(rendered: Path) -> None:
+    config = yaml.safe_load((rendered / "deploy" / "prometheus.yml").read_text())
+    for service in ("kitchen-sink", "probes-only"):
+        groups = yaml.safe_load((rendered / "alert_rules" / f"{service}.rules.yml").read_text())
+        exprs = [r["expr"] for g in groups["groups"] for r in g["rules"]]
+        assert any(f'job="runbook-{service}"' in e for e in exprs), service
+        assert f"runbook-{service}" in [j["job_name"] for j in config["scrape_configs"]]

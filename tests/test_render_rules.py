@@ -150,8 +150,9 @@ def test_sink_rules_check_and_their_tests_pass(promtool: str, sink_dir: Path) ->
     for service in ("kitchen-sink", "probes-only"):
         check = promtool_run(promtool, "check", "rules", f"{service}.rules.yml", cwd=sink_dir)
         assert check.returncode == 0, check.stdout + check.stderr
-        run = promtool_run(promtool, "test", "rules", f"{service}.rules_test.yml", cwd=sink_dir)
-        assert run.returncode == 0, run.stdout + run.stderr
+        for tests in (f"{service}.rules_test.yml", f"{service}.slo_test.yml"):
+            run = promtool_run(promtool, "test", "rules", tests, cwd=sink_dir)
+            assert run.returncode == 0, run.stdout + run.stderr
 
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.stem)
@@ -162,8 +163,9 @@ def test_examples_rules_check_and_their_tests_pass(promtool: str, example: Path,
     rules = tmp_path / "alert_rules"
     check = promtool_run(promtool, "check", "rules", f"{service}.rules.yml", cwd=rules)
     assert check.returncode == 0, check.stdout + check.stderr
-    run = promtool_run(promtool, "test", "rules", f"{service}.rules_test.yml", cwd=rules)
-    assert run.returncode == 0, run.stdout + run.stderr
+    for tests in sorted(rules.glob(f"{service}.*test.yml")):
+        run = promtool_run(promtool, "test", "rules", tests.name, cwd=rules)
+        assert run.returncode == 0, run.stdout + run.stderr
 
 
 def test_time_scaled_rules_and_tests_pass(promtool: str, tmp_path: Path) -> None:
@@ -220,7 +222,7 @@ def test_firing_alert_carries_labels_and_annotations(sink_dir: Path) -> None:
         "tier": "critical"}
     assert alert["exp_annotations"]["runbook_url"] == \
         "https://runbooks.example.com/kitchen-sink#queue_depth"
-    assert "110" in alert["exp_annotations"]["description"]
+    assert ": 101, " in alert["exp_annotations"]["description"]  # the next whole job past 100
     assert "critical threshold 100 for 10m" in alert["exp_annotations"]["description"]
 
 
@@ -302,7 +304,10 @@ def test_rules_carry_the_contract_expressions() -> None:
     groups = rule_groups(load_text(SINK), Timing())
     records = {r["record"]: r["expr"] for r in groups[0]["rules"] if "record" in r}
     assert records["kitchen_sink:memory_usage:ratio"] == (
-        "sum(runbook_host_memory_used_bytes) / (sum(runbook_host_memory_limit_bytes) > 0)")
+        'sum(runbook_host_memory_used_bytes{job="runbook-kitchen-sink"}) / '
+        '(sum(runbook_host_memory_limit_bytes{job="runbook-kitchen-sink"}) > 0)')
+    assert records["kitchen_sink:queue_depth:count"] == (
+        'sum by (target, queue, kind) (runbook_queue_depth{job="runbook-kitchen-sink"})')
     assert records["kitchen_sink:error_rate:ratio"] == (
         'sum(rate(http_requests_total{job="web",status=~"5.."}[5m])) / '
         '(sum(rate(http_requests_total{job="web"}[5m])) > 0)')
@@ -414,3 +419,167 @@ def test_recorded_names_are_valid_metric_names() -> None:
         for rule in group["rules"]:
             if "record" in rule:
                 assert re.fullmatch(r"[a-zA-Z_:][a-zA-Z0-9_:]*", rule["record"]), rule["record"]
+
+
+# Two services whose exporters publish the same series names (same target and queue names):
+# one Prometheus scrapes both, each under its own job.
+TWIN = """
+service: {service}
+watch:
+  redis:
+    - name: main
+      url: redis://127.0.0.1:16379/0
+      queues: {{celery: [celery]}}
+alerts:
+  memory_usage: {{warning: 70%, critical: 85%, for: 5m}}
+  queue_depth: {{warning: 50, critical: 100, for: 5m}}
+"""
+
+
+def test_each_services_alerts_fire_only_from_its_own_exporter(promtool: str,
+                                                              tmp_path: Path) -> None:
+    """alpha's host is at 90 % memory with an empty queue; beta's queue holds 500 jobs on a
+    quiet host. Summed across jobs, alpha would read 50 % memory and beta's queue as its own."""
+    render_to(tmp_path, [TWIN.format(service="alpha"), TWIN.format(service="beta")])
+    rules = tmp_path / "alert_rules"
+    series = []
+    for service, used, depth in (("alpha", 900, 0), ("beta", 100, 500)):
+        scrape = f'job="runbook-{service}",instance="{service}:9817"'
+        series += [
+            {"series": f"runbook_host_memory_used_bytes{{{scrape},target=\"host\"}}",
+             "values": f"{used}x20"},
+            {"series": f"runbook_host_memory_limit_bytes{{{scrape},target=\"host\"}}",
+             "values": "1000x20"},
+            {"series": f"runbook_queue_depth{{{scrape},target=\"main\",kind=\"celery\","
+                       "queue=\"celery\"}", "values": f"{depth}x20"},
+        ]
+    firing = [("alpha", "MemoryUsageHigh", "critical"), ("alpha", "MemoryUsageHigh", "warning"),
+              ("beta", "QueueDepthHigh", "critical"), ("beta", "QueueDepthHigh", "warning")]
+    test = {
+        "rule_files": ["alpha.rules.yml", "beta.rules.yml"],
+        "evaluation_interval": "1m",
+        "tests": [{
+            "interval": "1m",
+            "input_series": series,
+            "promql_expr_test": [{
+                "expr": 'count by (service, alertname, severity) (ALERTS{alertstate="firing"})',
+                "eval_time": "10m",
+                "exp_samples": [{"labels": f'{{service="{s}",alertname="{a}",severity="{sev}"}}',
+                                 "value": 1} for s, a, sev in firing],
+            }],
+        }],
+    }
+    (rules / "twins_test.yml").write_text(yaml.safe_dump(test, sort_keys=False))
+    run = promtool_run(promtool, "test", "rules", "twins_test.yml", cwd=rules)
+    assert run.returncode == 0, run.stdout + run.stderr
+
+
+SLOW_PROBE = """
+service: edge
+watch:
+  host: null
+  http:
+    - {name: health, url: "https://edge.example/health", interval: 5m}
+alerts:
+  error_rate: {warning: 5%, high: 10%, critical: 20%, for: 5m}
+"""
+
+
+def _probe_series(failed: set[int], probes: int) -> list[dict[str, str]]:
+    """The probe counters sampled every minute, one probe every 5 minutes (probe k at 5k min)."""
+    fail, ok = [0], [0]
+    for minute in range(1, 5 * probes + 1):
+        probe = minute // 5 if minute % 5 == 0 else 0
+        fail.append(fail[-1] + (1 if probe in failed else 0))
+        ok.append(ok[-1] + (1 if probe and probe not in failed else 0))
+    base = 'runbook_probe_requests_total{job="runbook-edge",instance="edge:9817",target="health"'
+    return [{"series": f'{base},result="failure"}}', "values": " ".join(map(str, fail))},
+            {"series": f'{base},result="success"}}', "values": " ".join(map(str, ok))}]
+
+
+def test_slow_probes_are_rated_over_four_probe_intervals(promtool: str, tmp_path: Path) -> None:
+    """With a probe every 5m a 5m window holds one probe: the error ratio read 0 or 100 %.
+    Over 20m it is the share of the last four probes, and a sustained failure still fires."""
+    render_to(tmp_path, [SLOW_PROBE])
+    rules = tmp_path / "alert_rules"
+    groups = yaml.safe_load((rules / "edge.rules.yml").read_text())["groups"]
+    assert "[20m]" in groups[0]["rules"][0]["expr"]
+    firing = 'count by (severity) (ALERTS{alertname="ErrorRateHigh",alertstate="firing"})'
+    test = {
+        "rule_files": ["edge.rules.yml"],
+        "evaluation_interval": "1m",
+        "tests": [
+            {   # probes 4 and 10 of 14 fail: at 30m the window holds probes 3..6
+                "interval": "1m",
+                "input_series": _probe_series({4, 10}, 14),
+                "promql_expr_test": [{"expr": "edge:error_rate:ratio", "eval_time": "30m",
+                                      "exp_samples": [{"labels": 'edge:error_rate:ratio'
+                                                       '{target="health"}', "value": 0.25}]}],
+            },
+            {   # every probe fails: every tier fires once it held for its `for`
+                "interval": "1m",
+                "input_series": _probe_series(set(range(1, 15)), 14),
+                "promql_expr_test": [{"expr": firing, "eval_time": "30m", "exp_samples": [
+                    {"labels": f'{{severity="{s}"}}', "value": 1}
+                    for s in ("warning", "high", "critical")]}],
+            },
+        ],
+    }
+    (rules / "slow_probe_test.yml").write_text(yaml.safe_dump(test, sort_keys=False))
+    run = promtool_run(promtool, "test", "rules", "slow_probe_test.yml", cwd=rules)
+    assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_probe_window_follows_the_longest_probe_interval() -> None:
+    from runbook.render.expressions import probe_window, signal_window
+
+    rb = load_text(SLOW_PROBE).runbook
+    assert probe_window(rb) == 1200.0
+    assert signal_window(rb, "error_rate", Timing()) == 1200.0
+    assert signal_window(rb, "cpu_usage", Timing()) == 300.0  # not fed by the probes
+    fast = load_text(SLOW_PROBE.replace("interval: 5m", "interval: 30s")).runbook
+    assert probe_window(fast) == 300.0  # 4 x 30s is under the default: the default
+    odd = load_text(SLOW_PROBE.replace("interval: 5m", "interval: 100s")).runbook
+    assert probe_window(odd) == 420.0  # 4 x 100s rounded up to whole minutes
+    # The app's own request counter is not the probes': the default window.
+    assert signal_window(load_text(SINK).runbook, "error_rate", Timing()) == 300.0
+
+
+# A reviewer's edits of committed rule files that the generated tests used to pass: a tier
+# threshold quadrupled, a latency tier almost doubled, the page burn factor cut to a sixth,
+# and the page's 5m short window stretched to 3d.
+REVIEWER_MUTATIONS = [
+    ("cinder-js", "ErrorRateHigh", "cinder_js:error_rate:ratio > 0.01",
+     "cinder_js:error_rate:ratio > 0.04"),
+    ("umbrella", "LatencyP95High", "umbrella:latency_p95:seconds > 1",
+     "umbrella:latency_p95:seconds > 1.9"),
+    ("umbrella", "AvailabilityErrorBudgetBurn", "> 0.0144", "> 0.0025"),
+    ("umbrella", "AvailabilityErrorBudgetBurn", 'ratio_rate5m{slo="availability"}',
+     'ratio_rate3d{slo="availability"}'),
+]
+
+
+@pytest.mark.parametrize(("service", "alertname", "old", "new"), REVIEWER_MUTATIONS,
+                         ids=[f"{m[0]}-{m[1]}-{m[3]}" for m in REVIEWER_MUTATIONS])
+def test_generated_tests_catch_the_reviewers_mutations(promtool: str, tmp_path: Path,
+                                                       service: str, alertname: str, old: str,
+                                                       new: str) -> None:
+    example = ROOT / "examples" / f"{service}.yml"
+    write_all(render_all([load_runbook(example)], Options()), tmp_path)
+    rules_dir = tmp_path / "alert_rules"
+    rules_file = rules_dir / f"{service}.rules.yml"
+    data = yaml.safe_load(rules_file.read_text())
+    hits = [r for g in data["groups"] for r in g["rules"]
+            if r.get("alert") == alertname and (r["expr"] == old or
+                                                (not old.startswith(service.replace("-", "_"))
+                                                 and old in r["expr"]))]
+    assert len(hits) == 1, f"{alertname}: {len(hits)} rules hold {old!r}"
+    hits[0]["expr"] = hits[0]["expr"].replace(old, new)
+    rules_file.write_text(yaml.safe_dump(data, sort_keys=False))
+    failed = []
+    for tests in sorted(rules_dir.glob(f"{service}.*test.yml")):
+        run = promtool_run(promtool, "test", "rules", tests.name, cwd=rules_dir)
+        if run.returncode != 0:
+            assert f"alertname: {alertname}" in run.stdout + run.stderr, run.stdout
+            failed.append(tests.name)
+    assert failed, f"no generated test noticed {old!r} -> {new!r}"

@@ -165,3 +165,19 @@ def test_counts() -> None:
 ])
 def test_thresholds_in_base_units(value: float | str, unit: Unit, base: float) -> None:
     assert parse_threshold(value, unit) == base
+
+
+@pytest.mark.parametrize("parse", [parse_duration, parse_ratio, parse_count])
+@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan")])
+def test_infinity_and_nan_are_refused(parse: object, value: float) -> None:
+    # YAML's .inf and .nan load as floats; rendering one would crash or never compare true.
+    assert callable(parse)
+    with pytest.raises(UnitError, match="finite"):
+        parse(value)
+
+
+@pytest.mark.parametrize("unit", [Unit.RATIO, Unit.SECONDS, Unit.COUNT, Unit.BYTES])
+@pytest.mark.parametrize("value", [float("inf"), float("nan")])
+def test_thresholds_are_finite(value: float, unit: Unit) -> None:
+    with pytest.raises(UnitError):
+        parse_threshold(value, unit)

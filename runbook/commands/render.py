@@ -15,8 +15,9 @@ from runbook.render.timing import Timing
 
 HELP = "render alert rules, promtool tests, Grafana dashboards and Prometheus/Alertmanager configs"
 EXAMPLES = (
-    "  runbook render examples/*.yml --out .\n"
-    "  runbook render examples/*.yml --out . --check      # exit 1 if committed files drifted\n"
+    "  runbook render examples/*.yml --out . --exporter cinder-js=127.0.0.1:9817\n"
+    "  runbook render examples/*.yml --out . --exporter cinder-js=127.0.0.1:9817 --check\n"
+    "      # exit 1 if committed files drifted\n"
     "  runbook render runbook.yml --out /tmp/fast --time-scale 0.01 \\\n"
     "      --responder-url http://127.0.0.1:19818/alerts  # a loop that fires in seconds\n"
 )
@@ -33,8 +34,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              "floors: 1s intervals, windows of 4 intervals)")
     parser.add_argument("--responder-url", default=Delivery().responder_url, metavar="URL",
                         help="the responder's webhook (default %(default)s)")
-    parser.add_argument("--exporter", action="append", metavar="HOST:PORT",
-                        help=f"an exporter to scrape (repeatable; default {EXPORTER})")
+    parser.add_argument("--exporter", action="append", metavar="[SERVICE=]HOST:PORT",
+                        help="the exporter of a runbook's service, scraped under its "
+                             "watch.exporter_job (repeatable; an address without SERVICE= goes "
+                             f"to the next runbook not named; default {EXPORTER} for the first)")
     parser.add_argument("--alertmanager", default=ALERTMANAGER, metavar="HOST:PORT",
                         help="Alertmanager for Prometheus to send to (default %(default)s)")
     parser.add_argument("--secrets-dir", default=Delivery().secrets_dir, metavar="DIR",

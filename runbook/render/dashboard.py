@@ -131,11 +131,13 @@ def build_dashboard(loaded: LoadedRunbook, timing: Timing) -> dashboard.Dashboar
         board = board.with_row(layout.row("Queues"))
     for target, kind, queue in queues:
         sel = {"target": target, "kind": kind, "queue": queue}
+        jobs = ex.exporter_selector(rb, "runbook_queue_jobs", sel)
+        depth = ex.exporter_selector(rb, "runbook_queue_depth", sel)
         board = board.with_panel(_timeseries(
             layout, f"{kind} queue {queue} on {target}", "jobs per state, and waiting jobs",
             "short",
-            [_query(f"sum by (state) ({ex.selector('runbook_queue_jobs', sel)})", "{{state}}"),
-             _query(f"sum({ex.selector('runbook_queue_depth', sel)})", "waiting", "B")]))
+            [_query(f"sum by (state) ({jobs})", "{{state}}"),
+             _query(f"sum({depth})", "waiting", "B")]))
     if rb.slos:
         board = board.with_row(layout.row("SLOs"))
     for slo in rb.slos:
@@ -143,20 +145,24 @@ def build_dashboard(loaded: LoadedRunbook, timing: Timing) -> dashboard.Dashboar
     board = board.with_row(layout.row("Collectors"))
     board = board.with_panel(_timeseries(
         layout, "Collectors up", "1 when the last scrape of a collector and target worked",
-        "short", [_query("runbook_collector_up", "{{collector}} {{target}}")]))
+        "short", [_query(ex.exporter_selector(rb, "runbook_collector_up"),
+                         "{{collector}} {{target}}")]))
     board = board.with_panel(_timeseries(
         layout, "Collector duration", "seconds each collector took in the last scrape", "s",
-        [_query("runbook_collector_duration_seconds", "{{collector}} {{target}}")]))
+        [_query(ex.exporter_selector(rb, "runbook_collector_duration_seconds"),
+                "{{collector}} {{target}}")]))
     if rb.watch.logs:
         board = board.with_panel(_timeseries(
             layout, "Matching log lines", "lines per second matching each pattern", "short",
-            [_query("sum by (target, pattern) (rate(runbook_log_lines_total[$__rate_interval]))",
+            [_query("sum by (target, pattern) (rate("
+                    f"{ex.exporter_selector(rb, 'runbook_log_lines_total')}[$__rate_interval]))",
                     "{{target}} {{pattern}}")]))
     if rb.watch.http:
         board = board.with_panel(_timeseries(
             layout, "Probe results", "health checks per second by result", "reqps",
-            [_query("sum by (target, result) (rate(runbook_probe_requests_total"
-                    "[$__rate_interval]))", "{{target}} {{result}}")]))
+            [_query("sum by (target, result) (rate("
+                    f"{ex.exporter_selector(rb, ex.PROBE_REQUESTS)}[$__rate_interval]))",
+                    "{{target}} {{result}}")]))
     return board.build()
 
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
 from runbook.alerting import ResolvedAlert
 from runbook.render import RenderError
-from runbook.render.timing import Timing, dur
+from runbook.render.timing import RATE_WINDOW, Timing, dur
 from runbook.schema import Runbook, Slo
 from runbook.signals import Unit
 
@@ -79,21 +80,61 @@ def _app_job(rb: Runbook) -> dict[str, str]:
     return {"job": rb.watch.app.job} if rb.watch.app and rb.watch.app.job else {}
 
 
+def exporter_job(rb: Runbook) -> str:
+    """The scrape job of the runbook's exporter: `watch.exporter_job`, else runbook-<service>."""
+    return rb.watch.exporter_job or f"runbook-{rb.service}"
+
+
+def exporter_selector(rb: Runbook, metric: str, matchers: dict[str, str] | None = None) -> str:
+    """A selector of an exporter metric, scoped to this runbook's exporter job.
+
+    Every exporter publishes the same runbook_* names; without the job matcher one service's
+    rules would sum or pick another service's series once one Prometheus scrapes both.
+    """
+    return selector(metric, {**(matchers or {}), "job": exporter_job(rb)})
+
+
+def probe_window(rb: Runbook) -> float:
+    """The rate window of signals computed from the HTTP probes' counters and histogram.
+
+    A counter that moves once per probe needs several probes in the window, else the ratio of
+    a window holding one probe is 0 or 1: at least four of the longest probe interval, rounded
+    up to whole minutes (a clean duration), and never shorter than the contract's window.
+    """
+    longest = max((p.interval for p in rb.watch.http), default=0.0)
+    return max(RATE_WINDOW, math.ceil(4 * longest / 60) * 60.0)
+
+
+def uses_probes(rb: Runbook, signal: str) -> bool:
+    """Whether the signal is computed from the exporter's probe counters or histogram."""
+    if signal in ("error_rate", "success_rate"):
+        return app_requests(rb) is None
+    return signal in QUANTILES and app_histogram(rb) is None
+
+
+def signal_window(rb: Runbook, signal: str, timing: Timing) -> float:
+    """The (scaled) range window of a catalog signal's rate(), increase() or ratio."""
+    return timing.window(probe_window(rb) if uses_probes(rb, signal) else RATE_WINDOW)
+
+
 def signal_value(rb: Runbook, signal: str, by: tuple[str, ...], timing: Timing) -> str:
     """PromQL for a catalog signal's value, aggregated to the labels `by`."""
-    w = dur(timing.window())
+    w = dur(signal_window(rb, signal, timing))
+
+    def sel(metric: str, matchers: dict[str, str] | None = None) -> str:
+        return exporter_selector(rb, metric, matchers)
 
     def rate(metric: str) -> str:
         return _sum(f"rate({metric}[{w}])", by)
 
     def ratio(good: str, other: str) -> str:
-        total = f"({rate(good)} + {rate(other)})"
-        return f"{rate(good)} / ({total} > 0)"
+        total = f"({rate(sel(good))} + {rate(sel(other))})"
+        return f"{rate(sel(good))} / ({total} > 0)"
 
     gauges = {
         "probe_failures": ("runbook_probe_consecutive_failures", "max"),
         "queue_depth": ("runbook_queue_depth", "sum"),
-        "queue_failed": ('runbook_queue_jobs{state="failed"}', "sum"),
+        "queue_failed": ("runbook_queue_jobs", "sum"),
         "queue_oldest_age": ("runbook_queue_oldest_job_age_seconds", "max"),
         "queue_workers": ("runbook_queue_workers", "sum"),
         "db_long_queries": ("runbook_pg_long_running_queries", "max"),
@@ -104,22 +145,24 @@ def signal_value(rb: Runbook, signal: str, by: tuple[str, ...], timing: Timing) 
     }
     if signal in gauges:
         metric, fn = gauges[signal]
-        return _sum(metric, by, fn)
+        return _sum(sel(metric, {"state": "failed"} if signal == "queue_failed" else None),
+                    by, fn)
     if signal == "memory_usage":
-        return (f"{_sum('runbook_host_memory_used_bytes', by)} / "
-                f"({_sum('runbook_host_memory_limit_bytes', by)} > 0)")
+        return (f"{_sum(sel('runbook_host_memory_used_bytes'), by)} / "
+                f"({_sum(sel('runbook_host_memory_limit_bytes'), by)} > 0)")
     if signal == "cpu_usage":
-        cores = _sum("runbook_host_cpu_limit_cores", by)
-        return f"{rate('runbook_host_cpu_seconds_total')} / ({cores} > 0)"
+        cores = _sum(sel("runbook_host_cpu_limit_cores"), by)
+        return f"{rate(sel('runbook_host_cpu_seconds_total'))} / ({cores} > 0)"
     if signal == "disk_usage":
-        return (f"{_sum('runbook_host_disk_used_bytes', by)} / "
-                f"({_sum('runbook_host_disk_size_bytes', by)} > 0)")
+        return (f"{_sum(sel('runbook_host_disk_used_bytes'), by)} / "
+                f"({_sum(sel('runbook_host_disk_size_bytes'), by)} > 0)")
     if signal in ("error_rate", "success_rate"):
         bad, all_ = _request_selectors(rb, good=signal == "success_rate")
         return f"{rate(bad)} / ({rate(all_)} > 0)"
     if signal in QUANTILES:
         hist = app_histogram(rb)
-        bucket = selector(f"{hist}_bucket", _app_job(rb)) if hist else f"{PROBE_LATENCY}_bucket"
+        bucket = selector(f"{hist}_bucket", _app_job(rb)) if hist else sel(
+            f"{PROBE_LATENCY}_bucket")
         inner = _sum(f"rate({bucket}[{w}])", (*by, "le"))
         return f"histogram_quantile({QUANTILES[signal]}, {inner})"
     if signal == "cache_hit_rate":
@@ -127,15 +170,15 @@ def signal_value(rb: Runbook, signal: str, by: tuple[str, ...], timing: Timing) 
     if signal == "db_cache_hit_rate":
         return ratio("runbook_pg_blocks_hit_total", "runbook_pg_blocks_read_total")
     if signal == "redis_memory_usage":
-        return (f"{_sum('runbook_redis_memory_used_bytes', by)} / "
-                f"({_sum('runbook_redis_memory_max_bytes', by)} > 0)")
+        return (f"{_sum(sel('runbook_redis_memory_used_bytes'), by)} / "
+                f"({_sum(sel('runbook_redis_memory_max_bytes'), by)} > 0)")
     if signal == "db_connections":
-        return (f"{_sum('runbook_pg_connections', by)} / "
-                f"({_sum('runbook_pg_max_connections', by)} > 0)")
+        return (f"{_sum(sel('runbook_pg_connections'), by)} / "
+                f"({_sum(sel('runbook_pg_max_connections'), by)} > 0)")
     if signal == "log_errors":
-        return _sum(f"increase(runbook_log_lines_total[{w}])", by)
+        return _sum(f"increase({sel('runbook_log_lines_total')}[{w}])", by)
     if signal == "staleness":
-        return _sum("time() - runbook_last_success_timestamp_seconds", by, "max")
+        return _sum(f"time() - {sel('runbook_last_success_timestamp_seconds')}", by, "max")
     raise RenderError(f"no PromQL for signal {signal!r}")
 
 
@@ -149,7 +192,8 @@ def _request_selectors(rb: Runbook, good: bool) -> tuple[str, str]:
                           f"{app.status_label}{op}{quote(app.error_status)}"])
         return f"{app.requests_total}{{{inner}}}", selector(app.requests_total, job)
     result = "success" if good else "failure"
-    return f'{PROBE_REQUESTS}{{result="{result}"}}', PROBE_REQUESTS
+    return (exporter_selector(rb, PROBE_REQUESTS, {"result": result}),
+            exporter_selector(rb, PROBE_REQUESTS))
 
 
 def signal_query(rb: Runbook, alert: ResolvedAlert, timing: Timing) -> SignalQuery:
@@ -219,7 +263,7 @@ def slo_error_ratio(rb: Runbook, slo: Slo, window: float, timing: Timing) -> str
         assert slo.sli.latency is not None
         hist = app_histogram(rb)
         base = hist if hist else PROBE_LATENCY
-        job = _app_job(rb) if hist else {}
+        job = _app_job(rb) if hist else {"job": exporter_job(rb)}
         good_matchers = ",".join([*(f"{k}={quote(v)}" for k, v in job.items()),
                                   f"le=~{quote(le_regex(slo.sli.latency))}"])
         good = f"sum(rate({base}_bucket{{{good_matchers}}}[{w}]))"

@@ -11,7 +11,7 @@ from runbook.render.alertmanager import Delivery, render_alertmanager
 from runbook.render.dashboard import render_dashboard
 from runbook.render.operator import render_prometheus_rule
 from runbook.render.prometheus import ALERTMANAGER, EXPORTER, render_prometheus
-from runbook.render.rule_tests import render_rule_tests
+from runbook.render.rule_tests import render_rule_tests, render_slo_rule_tests
 from runbook.render.rules import render_rules
 from runbook.render.timing import Timing
 
@@ -42,6 +42,9 @@ def render_all(runbooks: list[LoadedRunbook], options: Options) -> dict[str, str
         files[f"alert_rules/{service}.rules.yml"] = render_rules(loaded, timing)
         files[f"alert_rules/{service}.rules_test.yml"] = render_rule_tests(
             loaded, timing, f"{service}.rules.yml")
+        slo_tests = render_slo_rule_tests(loaded, timing, f"{service}.rules.yml")
+        if slo_tests is not None:
+            files[f"alert_rules/{service}.slo_test.yml"] = slo_tests
         files[f"grafana/{service}.json"] = render_dashboard(loaded, timing)
         files[f"deploy/kubernetes/prometheusrule-{service}.yaml"] = render_prometheus_rule(
             loaded, timing, options.release)

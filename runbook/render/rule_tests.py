@@ -18,15 +18,25 @@ from typing import Any
 
 from runbook.loader import LoadedRunbook
 from runbook.render import expressions as ex
-from runbook.render.gotemplate import expand
-from runbook.render.rules import TierRule, slo_rules, tier_rules
+from runbook.render.gotemplate import (
+    expand,
+    humanize,
+    humanize1024,
+    humanize_duration,
+    humanize_percentage,
+)
+from runbook.render.rules import SloRule, TierRule, slo_rules, tier_rules
 from runbook.render.timing import Timing, dur
 from runbook.render.yamlout import dump_yaml
 from runbook.schema import Runbook
 from runbook.signals import Unit
 
-SCRAPE_LABELS = {"instance": "127.0.0.1:9817", "job": "runbook-exporter"}
+INSTANCE = "127.0.0.1:9817"
 SCALE = 1000  # events per interval in counter inputs, so ratios are exact decimals
+# How far past (or inside) a threshold the tests probe, relative to it: far enough that the
+# rule's float arithmetic (a ratio of rates, a histogram interpolation) cannot cross it, close
+# enough that moving the threshold by more than 0.1 % fails a test.
+EPS = 1e-3
 
 
 class Kind(enum.Enum):
@@ -53,6 +63,11 @@ class Scenario:
 
     value: float
     active: list[bool]
+
+
+def scrape_labels(rb: Runbook) -> dict[str, str]:
+    """The labels Prometheus adds to the exporter's series: its job is the runbook's own."""
+    return {"instance": INSTANCE, "job": ex.exporter_job(rb)}
 
 
 def _dec(value: float) -> Decimal:
@@ -138,6 +153,18 @@ def _sel(metric: str, labels: dict[str, str]) -> str:
     return ex.selector(metric, labels)
 
 
+def events(value: float) -> int:
+    """Events per sample making `value` (a fraction) a whole number of them.
+
+    promtool expands `a+bxn` by adding b n times in float64: with a fractional b the run can
+    end an ulp above the next segment's start, which rate() reads as a counter reset. Whole
+    counts below 2^53 add up exactly.
+    """
+    exponent = Decimal(repr(value)).normalize().as_tuple().exponent
+    decimals = -exponent if isinstance(exponent, int) and exponent < 0 else 0
+    return int(10 ** max(3, decimals))
+
+
 def _counter(active: list[bool], per_step: float) -> list[float | None]:
     """A counter from 0 growing by `per_step` after each active sample."""
     out: list[float | None] = []
@@ -161,7 +188,8 @@ def build_inputs(rb: Runbook, rule: TierRule, scenario: Scenario, quiet: float,
     """Raw input series (selector -> samples) that make the signal take `scenario.value`."""
     alert = rule.alert
     v, act = scenario.value, scenario.active
-    raw = {**SCRAPE_LABELS, **labels}
+    scrape = scrape_labels(rb)
+    raw = {**scrape, **labels}
     if alert.signal is None:
         return {_sel(rule.query.record, labels): _gauge(act, v, quiet)}
     name = alert.signal.name
@@ -181,27 +209,31 @@ def build_inputs(rb: Runbook, rule: TierRule, scenario: Scenario, quiet: float,
         return {_with(used, raw): _gauge(act, part(v), part(quiet)),
                 _sel(limit, raw): [float(SCALE)] * len(act)}
     if name == "cpu_usage":
-        return {_sel("runbook_host_cpu_seconds_total", raw): _counter(act, v * interval),
-                _sel("runbook_host_cpu_limit_cores", raw): [1.0] * len(act)}
+        # CPU seconds and cores both scaled by `cores`, so the counter moves in whole seconds.
+        cores = events(v)
+        return {_sel("runbook_host_cpu_seconds_total", raw):
+                _counter(act, float(_dec(v) * cores * _dec(interval))),
+                _sel("runbook_host_cpu_limit_cores", raw): [float(cores)] * len(act)}
     if name in ("error_rate", "success_rate"):
         app = rb.watch.app
         if app and app.requests_total:
             job = {"job": app.job} if app.job else {}
-            base = {**SCRAPE_LABELS, **job}
+            base = {**scrape, **job}
             bad = {**base, app.status_label: "500"}
             good = {**base, app.status_label: "200"}
             metric = app.requests_total
         else:
             bad, good = {**raw, "result": "failure"}, {**raw, "result": "success"}
             metric = ex.PROBE_REQUESTS
-        picked = v if name == "error_rate" else 1 - float(_dec(v))
-        bad_step = part(picked)
+        picked = 1 - _dec(v) if name == "success_rate" else _dec(v)
+        per_step = events(float(picked))
+        bad_step = float(picked * per_step)
         return {_sel(metric, bad): _counter(act, bad_step),
-                _sel(metric, good): _counter(act, SCALE - bad_step)}
+                _sel(metric, good): _counter(act, per_step - bad_step)}
     if name in ex.QUANTILES:
         hist = ex.app_histogram(rb)
         app = rb.watch.app
-        base_labels = {**SCRAPE_LABELS, **({"job": app.job} if app and app.job else {})} \
+        base_labels = {**scrape, **({"job": app.job} if app and app.job else {})} \
             if hist else raw
         metric = f"{hist}_bucket" if hist else f"{ex.PROBE_LATENCY}_bucket"
         # The value is bucket_low + (bucket_high - bucket_low) * q with every observation in
@@ -222,8 +254,9 @@ def build_inputs(rb: Runbook, rule: TierRule, scenario: Scenario, quiet: float,
                                "runbook_redis_keyspace_misses_total"),
             "db_cache_hit_rate": ("runbook_pg_blocks_hit_total", "runbook_pg_blocks_read_total"),
         }[name]
-        return {_sel(hits, raw): _counter(act, part(v)),
-                _sel(misses, raw): _counter(act, SCALE - part(v))}
+        per_step = events(v)
+        return {_sel(hits, raw): _counter(act, float(_dec(v) * per_step)),
+                _sel(misses, raw): _counter(act, per_step - float(_dec(v) * per_step))}
     if name == "log_errors":
         jumps = set(_jumps(act, round(window / interval)))
         values: Samples = []
@@ -342,42 +375,61 @@ def simulate(rules: list[TierRule], value: Callable[[int], float | None], steps:
 
 
 def breach_value(rule: TierRule, kind: Kind) -> float | None:
-    """A value past this tier's threshold (None when no value can pass it)."""
+    """A value just past this tier's threshold (None when no value can pass it).
+
+    Just past, so that a threshold moved the wrong way by more than EPS makes the firing test
+    fail; counts step to the next whole number, since a count between two integers never occurs.
+    """
     t, unit = rule.tier.threshold, rule.alert.unit
+    whole = unit is Unit.COUNT and t == int(t)
     if rule.alert.below:
         if t <= 0:
             return None
-        if unit is Unit.RATIO:
-            return _round4(t - min(0.05, t / 2))
-        return _round4(t - max(1.0, t * 0.1)) if t >= 1 else _round4(t / 2)
-    if unit is Unit.RATIO:
-        if kind is Kind.RATE:
-            return _round4(t + 0.05)
-        return None if t >= 1 else _round4(t + min(0.05, (1 - t) / 2))
-    if unit is Unit.SECONDS:
-        quantile = ex.QUANTILES.get(rule.alert.signal.name) if rule.alert.signal else None
-        if quantile is not None and t > 0:
-            return t * (1 + quantile)  # every observation in the bucket just above t
-        return _round4(t * 1.5) if t > 0 else 1.0
-    return float(math.floor(t) + max(1, math.ceil(t * 0.1)))
+        return float(math.ceil(t) - 1) if whole else _past(t, -1, unit)
+    if unit is Unit.RATIO and kind is Kind.RATIO and t >= 1:
+        return None  # a ratio of counters never exceeds 1
+    if whole or kind is Kind.INCREASE:
+        return float(math.floor(t) + 1)
+    return _past(t, 1, unit) if t else EPS
 
 
 def safe_value(rule: TierRule, kind: Kind) -> float:
-    """A value just inside this tier's threshold: the threshold itself where it is exact."""
-    t, unit = rule.tier.threshold, rule.alert.unit
+    """A value at this tier's threshold where the rule computes it exactly, else just inside.
+
+    A gauge, an increase of whole jumps and an age are exact: the threshold itself, silent
+    under the strict comparison. A ratio of rates or an interpolated quantile is not exact to
+    the last bit: EPS inside.
+    """
+    t = rule.tier.threshold
     if kind in (Kind.GAUGE, Kind.INCREASE, Kind.AGE):
         return t
-    quantile = ex.QUANTILES.get(rule.alert.signal.name) if rule.alert.signal else None
-    if quantile is not None and not rule.alert.below:
-        return t * (1 + quantile) / 2  # every observation in the bucket just below t
-    margin = min(0.005, t / 2) if unit is Unit.RATIO else t * 0.025
+    unit = rule.alert.unit
     if rule.alert.below:
-        return _round4(min(t + margin, 1.0) if unit is Unit.RATIO else t + margin)
-    return _round4(max(t - margin, 0.0))
+        inside = _past(t, 1, unit) if t else EPS
+        return min(inside, 1.0) if unit is Unit.RATIO else inside
+    return max(_past(t, -1, unit), 0.0)
 
 
-def _round4(value: float) -> float:
-    return float(f"{value:.4g}")
+READABLE: dict[Unit, Callable[[float], str]] = {
+    Unit.RATIO: humanize_percentage, Unit.SECONDS: humanize_duration, Unit.COUNT: humanize,
+    Unit.BYTES: humanize1024}
+
+
+def _past(t: float, sign: int, unit: Unit) -> float:
+    """t moved by a small multiple of EPS (relative) in the direction `sign`.
+
+    The annotations print the value rounded (`humanizePercentage` keeps four digits): a value
+    on a rounding tie, such as 95.095 %, prints differently from a rule's ratio one bit off,
+    so the first multiple whose printed form cannot flip that way is taken.
+    """
+    show = READABLE[unit]
+    value = t
+    for k in range(1, 10):
+        value = float(f"{t * (1 + sign * k * EPS):.6g}")
+        if show(value * (1 - 1e-9)) == show(value * (1 + 1e-9)):
+            break
+    assert (value > t) if sign > 0 else (value < t), (t, value)
+    return value
 
 
 def quiet_value(rules: list[TierRule]) -> float:
@@ -394,15 +446,32 @@ def rule_tests(loaded: LoadedRunbook, timing: Timing, rules_file: str) -> dict[s
     """The promtool test document for one runbook's rule file."""
     rb = loaded.runbook
     interval = timing.test_interval
-    window = timing.window()
     tests: list[dict[str, Any]] = []
     rules = tier_rules(loaded, timing)
     for alert in loaded.alerts:
         mine = [r for r in rules if r.alert is alert]
+        # The window the alert's recording rule reads (longer for slow probes).
+        window = ex.signal_window(rb, alert.signal.name, timing) if alert.signal \
+            else timing.window()
         for rule in mine:
             tests.extend(_tier_tests(rb, mine, rule, interval, window))
-    tests.extend(_slo_tests(loaded, timing))
     return {"rule_files": [rules_file], "evaluation_interval": dur(interval), "tests": tests}
+
+
+def slo_eval_interval(timing: Timing) -> float:
+    """How often the SLO tests evaluate the rules.
+
+    Burn-rate alerts have no `for`, so only the evaluation at the checked time matters; a
+    coarse cadence keeps the multi-day ticket scenarios to a few hundred evaluations (at one a
+    minute each would take promtool tens of seconds).
+    """
+    return timing.interval if timing.scaled else 1800.0
+
+
+def slo_rule_tests(loaded: LoadedRunbook, timing: Timing, rules_file: str) -> dict[str, Any]:
+    """The promtool test document for the SLO burn-rate alerts of one runbook's rule file."""
+    return {"rule_files": [rules_file], "evaluation_interval": dur(slo_eval_interval(timing)),
+            "tests": _slo_tests(loaded, timing)}
 
 
 def _tier_tests(rb: Runbook, mine: list[TierRule], rule: TierRule, interval: float,
@@ -487,10 +556,155 @@ def _test(name: str, rb: Runbook, rule: TierRule, scenario: Scenario, quiet: flo
 
 # ------------------------------------------------------------------ SLO tests
 
+# Sample spacings an SLO scenario may use (seconds): the coarsest that still puts several
+# samples in the pair's short window, so that multi-day scenarios stay a few hundred samples.
+SLO_STEPS = (60.0, 300.0, 600.0, 1800.0)
+# Events per sample in SLO inputs. Bad fractions have at most 7 decimals, so every count is a
+# whole number: promtool adds `a+bxn` increments up in float64, and a fractional increment
+# drifting below the next segment's start would read as a counter reset.
+SLO_EVENTS = 10**7
+
+
+@dataclass(frozen=True)
+class SloScenario:
+    """Traffic for one SLO test: after a first sample, `phases` of (samples, bad fraction)."""
+
+    label: str
+    step: float
+    phases: tuple[tuple[int, Decimal], ...]
+
+    def counters(self) -> tuple[list[Decimal], list[Decimal]]:
+        """Cumulative (bad, total) events at each sample, SLO_EVENTS events per sample."""
+        bad, total = [Decimal(0)], [Decimal(0)]
+        for samples, fraction in self.phases:
+            for _ in range(samples):
+                bad.append(bad[-1] + fraction * SLO_EVENTS)
+                total.append(total[-1] + SLO_EVENTS)
+        return bad, total
+
+
+Pair = tuple[float, float, float]
+
+
+def _slo_firing(rules: list[SloRule], budget: float, timing: Timing,
+                scenario: SloScenario, without: Pair | None = None) -> list[SloRule] | None:
+    """The burn-rate tiers firing at the scenario's last sample, as Prometheus computes them
+    (None when a ratio lands within rounding of a bound: such a test would be a coin toss),
+    optionally as if the burn-rate pair `without` were not in its rule.
+
+    promtool 2.x reads a range [t - w, t] inclusive; with samples every `step` and w a multiple
+    of it the first sample sits on the range's start, so rate() does not extrapolate and each
+    recorded error ratio is exactly bad / total over the window (none with one sample or no
+    traffic). SLO alerts have no `for`: the last evaluation alone decides.
+    """
+    bad, total = scenario.counters()
+    last = len(bad) - 1
+
+    def ratio(window: float) -> Decimal | None:
+        w = timing.window(window)
+        if w < scenario.step:
+            return None
+        m = round(w / scenario.step)
+        assert abs(m * scenario.step - w) < 1e-9, (w, scenario.step)
+        first = max(0, last - m)
+        events = total[last] - total[first]
+        return (bad[last] - bad[first]) / events if last > first and events else None
+
+    firing = []
+    for rule in rules:
+        pairs = next(p for _, tier, p in ex.BURN_RATES if tier == rule.tier)
+        for long, short, factor in pairs:
+            if (long, short, factor) == without:
+                continue
+            bound = Decimal(ex.number(round(factor * budget, 12)))
+            values = [ratio(long), ratio(short)]
+            if any(v is not None and abs(v - bound) <= bound * Decimal("1e-6") for v in values):
+                return None
+            if all(v is not None and v > bound for v in values):
+                firing.append(rule)
+                break
+    return firing
+
+
+def _slo_step(timing: Timing, short: float) -> float:
+    """The coarsest sample spacing dividing every window it does not exceed, with at least
+    five samples in the short window."""
+    if timing.scaled:
+        return timing.interval
+    windows = [timing.window(w) for w in ex.slo_windows()]
+    fits = [s for s in SLO_STEPS if s <= timing.window(short) / 4
+            and all(round(w / s) * s == w for w in windows if w >= s)]
+    return max(fits)
+
+
+def _slo_scenarios(rules: list[SloRule], budget: float,
+                   timing: Timing) -> list[tuple[SloScenario, list[SloRule]]]:
+    """Per burn-rate pair: just under and just over its factor, a burn in its short window
+    only and a burn of its long window that stopped within the short one, each after the
+    shortest clean history that keeps the other pairs from deciding the outcome."""
+    out: list[tuple[SloScenario, list[SloRule]]] = []
+    for rule in rules:
+        pairs = next(p for _, tier, p in ex.BURN_RATES if tier == rule.tier)
+        for long, short, factor in pairs:
+            if timing.scaled and rule.tier != ex.BURN_RATES[0][1]:
+                continue  # days of scaled time at one evaluation a second: the page tier only
+            step = _slo_step(timing, short)
+            n_long = round(timing.window(long) / step)
+            n_short = round(timing.window(short) / step)
+            what = f"{factor:g}x over {dur(long)} and {dur(short)}"
+
+            def frac(x: float) -> Decimal:
+                return Decimal(f"{min(x, 1.0):.7f}")
+
+            under, over = frac(factor * budget * (1 - EPS)), frac(factor * budget * (1 + EPS))
+            spike = frac(0.5 * factor * budget * long / short)
+            burnt = frac(2 * factor * budget * long / (long - short))
+            wanted: list[tuple[str, tuple[tuple[int, Decimal], ...], bool]] = [
+                (f"a burn just under {what} does not open it", ((n_long, under),), False),
+                (f"a burn just over {what} opens it", ((n_long, over),), True),
+            ]
+            if spike > Decimal(repr(factor * budget)) * (1 + Decimal(EPS)):
+                wanted.append((f"a burn in the last {dur(short)} alone does not open it",
+                               ((n_short, spike),), False))
+            if n_long > n_short:
+                wanted.append((f"a burn over {dur(long)} that stopped {dur(short)} ago does not "
+                               "open it", ((n_long - n_short, burnt), (n_short, Decimal(0))),
+                               False))
+            for label, phases, fires in wanted:
+                found = _with_history(rules, rule, (long, short, factor), budget, timing,
+                                      step, phases, fires,
+                                      f"{rule.alertname} {rule.tier}: {label}")
+                if found is not None:
+                    out.append(found)
+    return out
+
+
+def _with_history(rules: list[SloRule], rule: SloRule, pair: Pair, budget: float,
+                  timing: Timing, step: float, phases: tuple[tuple[int, Decimal], ...],
+                  fires: bool, label: str) -> tuple[SloScenario, list[SloRule]] | None:
+    """The scenario after the shortest clean history (0 or one window) for which `rule` fires
+    exactly when `fires` says, and when it fires, through `pair` alone (so that the test pins
+    that pair's factor and both its windows); None when no history does."""
+    histories = sorted({0, *(round(timing.window(w) / step) for w in ex.slo_windows()
+                             if timing.window(w) >= step)})
+    every = round(slo_eval_interval(timing) / step)  # samples between evaluations
+    assert every * step == slo_eval_interval(timing), (step, slo_eval_interval(timing))
+    length = sum(n for n, _ in phases)
+    for base in histories:
+        # A longer clean history, so that the checked time falls on an evaluation.
+        history = base + (-(base + length)) % every
+        scenario = SloScenario(label, step, ((history, Decimal(0)), *phases))
+        firing = _slo_firing(rules, budget, timing, scenario)
+        if firing is None or (rule in firing) != fires:
+            continue
+        if fires and rule in (_slo_firing(rules, budget, timing, scenario, pair) or [rule]):
+            continue
+        return scenario, firing
+    return None
+
 
 def _slo_tests(loaded: LoadedRunbook, timing: Timing) -> list[dict[str, Any]]:
     rb = loaded.runbook
-    interval = timing.test_interval
     out: list[dict[str, Any]] = []
     all_rules = slo_rules(loaded, timing)
     for slo in rb.slos:
@@ -498,57 +712,62 @@ def _slo_tests(loaded: LoadedRunbook, timing: Timing) -> list[dict[str, Any]]:
             continue  # its counters are the runbook's own PromQL: nothing to feed generically
         mine = [r for r in all_rules if r.slo is slo]
         budget = 1 - slo.objective
-        steps = 10
-        for label, bad_fraction, firing_tiers in (
-            ("no errors stays silent", 0.0, ()),
-            ("errors at twice the budget open a ticket, no page", 2 * budget, ("ticket",)),
-            ("only errors page and open a ticket", 1.0, ("page", "ticket")),
-        ):
-            series = _slo_inputs(rb, slo.sli.kind, slo.sli.latency, bad_fraction, steps)
+        quiet = SloScenario(f"{mine[0].alertname}: no errors stays silent", timing.interval,
+                            ((round(2 * slo_eval_interval(timing) / timing.interval),
+                              Decimal(0)),))
+        for scenario, firing in [(quiet, []), *_slo_scenarios(mine, budget, timing)]:
+            series = _slo_inputs(rb, slo.sli.kind, slo.sli.latency, scenario)
             expected = [{"exp_labels": r.labels, "exp_annotations": r.annotations}
-                        for r in mine if r.tier in firing_tiers]
+                        for r in firing]
+            last = sum(n for n, _ in scenario.phases)
             out.append({
-                "name": f"{mine[0].alertname}: {label}",
-                "interval": dur(interval),
+                "name": scenario.label,
+                "interval": dur(scenario.step),
                 "input_series": [{"series": s, "values": v} for s, v in series.items()],
-                "alert_rule_test": [{"eval_time": dur(steps * interval),
+                "alert_rule_test": [{"eval_time": dur(last * scenario.step),
                                      "alertname": mine[0].alertname, "exp_alerts": expected}],
             })
     return out
 
 
-def _slo_inputs(rb: Runbook, kind: str, latency: float | None, bad: float,
-                steps: int) -> dict[str, str]:
-    bad_step = float(_dec(bad) * SCALE)
-    good_step = SCALE - bad_step
+def _slo_inputs(rb: Runbook, kind: str, latency: float | None,
+                scenario: SloScenario) -> dict[str, str]:
+    bad_events, total_events = scenario.counters()
+    bad = compress([float(v) for v in bad_events])
+    good = compress([float(t - b) for t, b in zip(total_events, bad_events, strict=True)])
+    total = compress([float(v) for v in total_events])
+    scrape = scrape_labels(rb)
     if kind == "latency":
         assert latency is not None
         hist = ex.app_histogram(rb)
         base = hist or ex.PROBE_LATENCY
         app = rb.watch.app
-        labels = {**SCRAPE_LABELS, **({"job": app.job} if hist and app and app.job else {})}
-        good_le = {**labels, "le": ex.number(latency)}
-        inf = {**labels, "le": "+Inf"}
+        labels = {**scrape, **({"job": app.job} if hist and app and app.job else {})}
         return {
-            _sel(f"{base}_bucket", good_le): f"0+{_fmt(good_step)}x{steps}",
-            _sel(f"{base}_bucket", inf): f"0+{SCALE}x{steps}",
-            _sel(f"{base}_count", labels): f"0+{SCALE}x{steps}",
+            _sel(f"{base}_bucket", {**labels, "le": ex.number(latency)}): good,
+            _sel(f"{base}_bucket", {**labels, "le": "+Inf"}): total,
+            _sel(f"{base}_count", labels): total,
         }
     app = rb.watch.app
     if app and app.requests_total:
         job = {"job": app.job} if app.job else {}
-        bad_labels = {**SCRAPE_LABELS, **job, app.status_label: "500"}
-        good_labels = {**SCRAPE_LABELS, **job, app.status_label: "200"}
+        bad_labels = {**scrape, **job, app.status_label: "500"}
+        good_labels = {**scrape, **job, app.status_label: "200"}
         metric = app.requests_total
     else:
-        bad_labels = {**SCRAPE_LABELS, "result": "failure"}
-        good_labels = {**SCRAPE_LABELS, "result": "success"}
+        bad_labels = {**scrape, "result": "failure"}
+        good_labels = {**scrape, "result": "success"}
         metric = ex.PROBE_REQUESTS
-    return {_sel(metric, bad_labels): f"0+{_fmt(bad_step)}x{steps}",
-            _sel(metric, good_labels): f"0+{_fmt(good_step)}x{steps}"}
+    return {_sel(metric, bad_labels): bad, _sel(metric, good_labels): good}
 
 
 def render_rule_tests(loaded: LoadedRunbook, timing: Timing, rules_file: str) -> str:
     """The text of alert_rules/<service>.rules_test.yml."""
     return dump_yaml(rule_tests(loaded, timing, rules_file))
+
+
+def render_slo_rule_tests(loaded: LoadedRunbook, timing: Timing, rules_file: str) -> str | None:
+    """The text of alert_rules/<service>.slo_test.yml (None: no SLO promtool can feed)."""
+    doc = slo_rule_tests(loaded, timing, rules_file)
+    return dump_yaml(doc) if doc["tests"] else None
 
