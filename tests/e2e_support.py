@@ -247,7 +247,7 @@ def small_postgres(max_connections: int) -> Iterator[SmallPostgres]:
     if os.geteuid() == 0:
         entry = pwd.getpwnam("postgres")
         os.chown(directory, entry.pw_uid, entry.pw_gid)
-    server = SmallPostgres(free_port(), directory, max_connections)
+    server = SmallPostgres(free_port(), directory, max_connections=max_connections)
     try:
         _as_postgres([str(PG_BIN / "initdb"), "-D", str(server.data), "-A", "trust",
                       "-U", "postgres", "--no-sync", "-E", "UTF8", "--locale=C.UTF-8"])
