@@ -477,9 +477,10 @@ async def test_discovery_covers_a_large_keyspace_over_rounds(redis_url: str) -> 
 
     seen = [await discovered()]
     partial = c.detail()
-    assert set() < seen[0] < set(names)  # what a partial cycle found is read right away
     while not c.detail().get("discovery_complete") and len(seen) < 200:
         seen.append(await discovered())
+    # What a partial cycle found is read right away (a round may also find none of them).
+    assert any(set() < found < set(names) for found in seen[:-1])
     assert seen[-1] == set(names), sorted(set(names) - seen[-1])
     rounds = len(seen)
     assert 3 <= rounds < 200, rounds
@@ -496,9 +497,12 @@ async def test_discovery_covers_a_large_keyspace_over_rounds(redis_url: str) -> 
     await gone.close()
     # A partial cycle cannot tell a deleted queue from one it has not reached yet ...
     assert "q07" in await discovered()
-    # ... the next full cycle (as long as the first one) can.
-    for _ in range(rounds):
+    # ... the next full cycle can. SCAN's calls per cycle vary a little with the table's state
+    # (an incremental rehash after the bulk writes), so allow for cycles a little longer.
+    for _ in range(3 * rounds):
         found = await discovered()
+        if found == set(names) - {"q07"}:
+            break
     assert found == set(names) - {"q07"}
     await client.aclose()
 
