@@ -207,12 +207,17 @@ class Worker:
                     self.wake()
                 if self.config.retention and time.time() - pruned_at > PRUNE_EVERY:
                     pruned_at = time.time()
-                    gone = await self.store.run(functools.partial(
-                        prune, before=pruned_at - self.config.retention))
-                    log.info("retention: removed %s", gone)
+                    await self._prune(pruned_at - self.config.retention)
             except StoreError as exc:
                 self.metrics.store_errors.labels("recover").inc()
                 log.error("cannot recover or prune: %s", exc)
+
+    async def _prune(self, before: float) -> None:
+        """Retention in short transactions, so webhooks are recorded in between."""
+        gone = {"more": True}
+        while gone["more"]:
+            gone = await self.store.run(functools.partial(prune, before=before))
+            log.info("retention: removed %s", gone)
 
     async def _process(self, item: WorkItem, slots: asyncio.Semaphore) -> None:
         self._running.add(item.id)

@@ -156,3 +156,19 @@ async def test_retention_forgets_only_what_ended_long_ago(store: Store) -> None:
     assert gone["steps"] >= 3
     left = await store.run(lambda tx: list_incidents(tx, False, 10))
     assert sorted(i["fingerprint"] for i in left) == ["new", "open"]
+
+
+async def test_retention_removes_notifications_a_batch_at_a_time(store: Store) -> None:
+    policy = Policy(load(PAGE_RULE))
+    note = Notification.model_validate(body(alert("n")))
+    for at in [*range(1000, 1012), 5000]:
+        await store.run(lambda tx, at=at: intake(tx, note, "{}", policy, float(at)))
+    removed = []
+    while True:
+        gone = await store.run(lambda tx: prune(tx, 2000.0, notifications=5))
+        removed.append(gone["notifications"])
+        if not gone["more"]:
+            break
+    assert removed == [5, 5, 2]
+    kept = await store.run(lambda tx: tx.fetchall("SELECT received_at FROM notifications"))
+    assert [float(r["received_at"]) for r in kept] == [5000.0]
