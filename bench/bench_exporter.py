@@ -2,6 +2,7 @@
 
     .venv/bin/python -m bench.bench_exporter            # 10/100/1,000 queues, up to 1,000,000 jobs
     .venv/bin/python -m bench.bench_exporter --quick    # a small run
+    .venv/bin/python -m bench.bench_exporter --scale 1000:10   # one scale
 
 For each scale the queues are filled by the real libraries (BullMQ from Node with addBulk in
 batches, Celery's send_task, RQ's enqueue_many), then each exporter is started on its own,
@@ -314,6 +315,13 @@ def report(title: str, rows: list[Figures]) -> None:
               f"{r.rss_mib:8.1f}{ratio}{note}", flush=True)
 
 
+def _scale(text: str) -> tuple[int, int]:
+    queues, _, jobs = text.partition(":")
+    if not (queues.isdigit() and jobs.isdigit() and int(queues) > 0):
+        raise argparse.ArgumentTypeError(f"{text!r} is not QUEUES:JOBS (e.g. 1000:10)")
+    return int(queues), int(jobs)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -321,9 +329,12 @@ def main() -> int:
     parser.add_argument("--scrapes", type=int, default=None, help="scrapes per exporter")
     parser.add_argument("--python-jobs-max", type=int, default=100_000,
                         help="cap on jobs filled through Celery and RQ (their clients are slow)")
+    parser.add_argument("--scale", type=_scale, action="append", metavar="QUEUES:JOBS",
+                        help="only this scale (repeatable), e.g. --scale 1000:10")
     args = parser.parse_args()
-    scales = [(10, 10), (100, 10_000)] if args.quick else \
-        [(10, 10), (100, 10_000), (1000, 10), (1000, 100_000), (1000, 1_000_000)]
+    scales = args.scale or ([(10, 10), (100, 10_000)] if args.quick else
+                            [(10, 10), (100, 10_000), (1000, 10), (1000, 100_000),
+                             (1000, 1_000_000)])
     scrapes = args.scrapes or (20 if args.quick else 100)
     redis_server: RedisServer = start_redis()
     pg = start_postgres()
