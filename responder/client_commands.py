@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 URL_ENV = "RUNBOOK_RESPONDER_URL"
@@ -23,33 +26,65 @@ class ClientError(Exception):
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--url", default=None, metavar="URL",
                         help=f"the responder (default ${URL_ENV} or {DEFAULT_URL})")
+    parser.add_argument("--token-file", default=None, metavar="FILE",
+                        help=f"file holding the responder's token (`runbook run` keeps it in "
+                             f"DATA_DIR/webhook_token); default ${TOKEN_ENV}")
     parser.add_argument("--json", action="store_true", help="print the JSON answer")
+
+
+def _shown(url: str) -> str:
+    """The URL without user and password, for messages."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        host = parts.hostname or ""
+    except ValueError:
+        return "(an unreadable URL)"
+    if parts.username is None and parts.password is None:
+        return url
+    netloc = f"[{host}]" if ":" in host else host
+    if parts.port is not None:
+        netloc += f":{parts.port}"
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
+def _token(args: argparse.Namespace) -> str:
+    if args.token_file:
+        try:
+            return Path(args.token_file).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ClientError(f"cannot read the token file {args.token_file}: "
+                              f"{getattr(exc, 'strerror', None) or exc}") from exc
+    token = os.environ.get(TOKEN_ENV, "")
+    if not token:
+        raise ClientError(f"give the responder's token: --token-file FILE or {TOKEN_ENV}")
+    return token
 
 
 def request(args: argparse.Namespace, method: str, path: str,
             payload: dict[str, Any] | None = None) -> Any:
-    """One call to the responder with the bearer token from the environment."""
+    """One call to the responder with its bearer token."""
     base = (args.url or os.environ.get(URL_ENV) or DEFAULT_URL).rstrip("/")
     if not base.startswith(("http://", "https://")):
-        raise ClientError(f"{base!r} is not an http(s) URL")
-    token = os.environ.get(TOKEN_ENV, "")
-    if not token:
-        raise ClientError(f"set {TOKEN_ENV} to the responder's token")
+        raise ClientError(f"{_shown(base)!r} is not an http(s) URL")
+    token = _token(args)
     data = None if payload is None else json.dumps(payload).encode()
-    req = urllib.request.Request(f"{base}{path}", data=data, method=method,  # noqa: S310
-                                 headers={"Authorization": f"Bearer {token}",
-                                          "Content-Type": "application/json"})
     try:
+        req = urllib.request.Request(f"{base}{path}", data=data, method=method,  # noqa: S310
+                                     headers={"Authorization": f"Bearer {token}",
+                                              "Content-Type": "application/json"})
         with urllib.request.urlopen(req, timeout=10) as response:  # noqa: S310 - http(s) checked
             return json.loads(response.read())
     except urllib.error.HTTPError as exc:
         try:
             reason = json.loads(exc.read()).get("error", "")
-        except (json.JSONDecodeError, AttributeError):
+        except (ValueError, AttributeError):
             reason = ""
         raise ClientError(f"{method} {path}: HTTP {exc.code} {reason}".rstrip()) from exc
-    except (urllib.error.URLError, OSError) as exc:
-        raise ClientError(f"cannot reach the responder at {base}: {exc}") from exc
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+        raise ClientError(f"cannot reach the responder at {_shown(base)}: "
+                          f"{getattr(exc, 'reason', None) or exc}") from exc
+    except ValueError as exc:  # an unreadable URL, or an answer that is not JSON
+        raise ClientError(f"{method} {_shown(base)}{path}: {exc}") from exc
 
 
 def _row(item: dict[str, Any]) -> str:
@@ -102,7 +137,9 @@ class _Answer:
 
     def run(self, args: argparse.Namespace) -> int:
         try:
-            data = request(args, "POST", f"/incidents/{args.id}/{self.verb}",
+            # Quoted whole: an id is one path segment, never "../.." nor a query.
+            oid = urllib.parse.quote(args.id, safe="")
+            data = request(args, "POST", f"/incidents/{oid}/{self.verb}",
                            {"by": args.by, "reason": args.reason})
         except ClientError as exc:
             print(f"runbook {self.verb}: {exc}", file=sys.stderr)

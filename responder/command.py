@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     logs.setup(args.log_level, args.log_format)
     loaded = load_or_report(args.runbook)
     if loaded is None:
-        return 2
+        return 1
     try:
         token = read_token(args.token_file)
         host, port = parse_listen(args.listen)
@@ -89,6 +89,9 @@ def run(args: argparse.Namespace) -> int:
                     print=lambda _m: print(f"runbook responder: {loaded.service} on "
                                            f"http://{host}:{port}, store {store.dialect}",
                                            file=sys.stderr, flush=True))
+    except OSError as exc:  # the address is taken or cannot be bound
+        print(f"runbook responder: {exc}", file=sys.stderr)
+        return 2
     except StoreError as exc:
         print(f"runbook responder: {exc}", file=sys.stderr)
         return 1

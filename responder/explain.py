@@ -16,7 +16,7 @@ from responder.actions.labels import LabelError, fill, fill_json
 from responder.payload import Alert, Notification
 from responder.policy import Policy, TrackDecision
 from responder.rails import RailFacts, target_key
-from responder.store import open_store
+from responder.store import StoreError, open_store
 from responder.store.base import Store, Tx
 from responder.store.intake import rail_facts
 from runbook.actions import ExecParams, HttpParams
@@ -161,14 +161,18 @@ async def _explain(loaded: LoadedRunbook, alerts: list[dict[str, str]], store_ur
 def run(args: argparse.Namespace) -> int:
     loaded = load_or_report(args.runbook)
     if loaded is None:
-        return 2
+        return 1
     try:
         alerts = read_alerts(Path(args.alert).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError, ValidationError) as exc:
         reason = str(exc).splitlines()[0]
         print(f"runbook explain: {args.alert}: {reason}", file=sys.stderr)
         return 2
-    lines = asyncio.run(_explain(loaded, alerts, args.store, args.data_dir))
+    try:
+        lines = asyncio.run(_explain(loaded, alerts, args.store, args.data_dir))
+    except StoreError as exc:
+        print(f"runbook explain: {exc}", file=sys.stderr)
+        return 1
     print("\n".join(lines))
     return 0
 

@@ -37,9 +37,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="one JSON decision per line")
 
 
+# Unix seconds a replayed notification may carry: from 1970 to the year 9999.
+_LATEST = 253402300799.0
+
+
 def _when(line: dict[str, Any], note: Notification) -> float:
+    """When the notification was received; ValueError for a time no clock can hold."""
     given = line.get("received_at")
+    if isinstance(given, bool) or (given is not None and not isinstance(given, int | float | str)):
+        raise ValueError(f"received_at: {given!r} is neither unix seconds nor RFC 3339")
     if isinstance(given, int | float):
+        if not 0.0 <= float(given) <= _LATEST:  # NaN fails both comparisons
+            raise ValueError(f"received_at: {given!r} is not a time (unix seconds, 1970-9999)")
         return float(given)
     if isinstance(given, str):
         return parse_time(given).timestamp()
@@ -63,7 +72,10 @@ def _parse(number: int, text: str) -> tuple[Notification, float] | str:
         where = ".".join(str(p) for p in first["loc"])
         return f"not an Alertmanager webhook: {where}: {first['msg']}"
     del number
-    return note, _when(line, note)
+    try:
+        return note, _when(line, note)
+    except (ValueError, OverflowError) as exc:
+        return str(exc)
 
 
 async def replay(loaded: LoadedRunbook, lines: list[str], source: str
@@ -114,12 +126,12 @@ def _describe(item: dict[str, Any]) -> str:
 def run(args: argparse.Namespace) -> int:
     loaded = load_or_report(args.runbook)
     if loaded is None:
-        return 2
+        return 1
     try:
         lines = Path(args.file).read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
         print(f"runbook replay: cannot read {args.file}: {exc}", file=sys.stderr)
-        return 2
+        return 1
     decisions, errors = asyncio.run(replay(loaded, lines, args.file))
     for problem in errors:
         print(problem, file=sys.stderr)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 import time
@@ -101,3 +102,15 @@ def test_bad_alert_file_is_a_clear_error(tmp_path: Path, content: str) -> None:
     assert done.returncode == 2
     assert done.stderr.startswith("runbook explain: ")
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_an_unreachable_store_is_one_line_and_exit_1(tmp_path: Path) -> None:
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]  # bound, never listening: connections are refused
+        done = _explain(tmp_path, CRITICAL, "--store",
+                        f"postgresql://app:Hunter2pw@127.0.0.1:{port}/db")
+    assert done.returncode == 1
+    assert done.stderr.startswith("runbook explain: ")
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "Hunter2pw" not in done.stderr

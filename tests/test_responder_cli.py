@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 from pathlib import Path
 
@@ -65,13 +66,30 @@ def test_incidents_approve_reject_against_a_running_responder(tmp_path: Path) ->
         assert "rejected" in again.stderr
         unknown = cli("approve", "0000", url=url)
         assert "HTTP 404" in unknown.stderr
+        # An id is one path segment: "../../alerts" is an unknown incident, not another route.
+        for odd in ("../../alerts", "a b", "x?y=1"):
+            answer = cli("approve", odd, url=url)
+            assert answer.returncode == 1
+            assert "HTTP 404" in answer.stderr, answer.stderr
+        # The token from a file, as `runbook run` keeps it.
+        (tmp_path / "token").write_text(TOKEN + "\n")
+        from_file = cli("incidents", "--token-file", str(tmp_path / "token"), token=None,
+                        url=url)
+        assert from_file.returncode == 0, from_file.stderr
         wrong = cli("incidents", token="wrong", url=url)
         assert wrong.returncode == 1
         assert "HTTP 401" in wrong.stderr
     assert cli("incidents", token=None, url=url).stderr.startswith(
-        "runbook incidents: set RUNBOOK_WEBHOOK_TOKEN")
+        "runbook incidents: give the responder's token: --token-file FILE or "
+        "RUNBOOK_WEBHOOK_TOKEN")
     down = cli("incidents", url=url)
     assert "cannot reach the responder" in down.stderr
+    # A broken URL is one line, not a traceback; credentials in a URL are never printed.
+    for bad in ("http://[::1", f"http://admin:s3cret@127.0.0.1:{free_port()}"):
+        answer = cli("incidents", url=bad)
+        assert answer.returncode == 1
+        assert len(answer.stderr.strip().splitlines()) == 1, answer.stderr
+        assert "s3cret" not in answer.stderr
 
 
 def test_responder_refuses_to_start_without_token_or_with_bad_args(tmp_path: Path) -> None:
@@ -82,11 +100,20 @@ def test_responder_refuses_to_start_without_token_or_with_bad_args(tmp_path: Pat
     assert "no webhook token" in no_token.stderr
     bad_listen = cli("responder", "--runbook", rb, "--listen", "nowhere")
     assert "is not HOST:PORT" in bad_listen.stderr
-    bad_store = cli("responder", "--runbook", rb, "--store", "mysql://x")
+    bad_store = cli("responder", "--runbook", rb, "--store", "mysql://u:Hunter2pw@x")
     assert "is not a store URL" in bad_store.stderr
+    assert "Hunter2pw" not in bad_store.stderr
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = cli("responder", "--runbook", rb, "--listen",
+                   f"127.0.0.1:{taken.getsockname()[1]}", "--data-dir", str(tmp_path / "d"))
+    assert busy.returncode == 2
+    assert len(busy.stderr.strip().splitlines()) <= 2, busy.stderr  # no traceback
+    assert "Traceback" not in busy.stderr
     (tmp_path / "broken.yml").write_text("service: shop\nrespond: [{mode: auto}]\n")
     broken = cli("responder", "--runbook", str(tmp_path / "broken.yml"))
-    assert broken.returncode == 2
+    assert broken.returncode == 1  # a runbook that does not load, as validate/run/exporter say
     assert "broken.yml:2" in broken.stderr
 
 
@@ -102,10 +129,16 @@ def test_replay_says_what_would_have_happened(tmp_path: Path, wrapped: bool) -> 
     if wrapped:
         lines = [{"received_at": 1_795_000_000 + i, "body": b} for i, b in enumerate(lines)]
     text = "\n".join(json.dumps(x) for x in lines) + "\n{broken\n"
+    # Times no clock holds are that line's error, not the end of the replay.
+    for when in ('"yesterday"', "NaN", "1e400", "true"):
+        text += f'{{"received_at": {when}, "body": {json.dumps(firing)}}}\n'
     (tmp_path / "week.jsonl").write_text(text)
     out = cli("replay", str(tmp_path / "week.jsonl"), "--runbook", str(tmp_path / "runbook.yml"))
     assert out.returncode == 1
     assert "week.jsonl:5: not JSON" in out.stderr
+    for number in (6, 7, 8, 9):
+        assert f"week.jsonl:{number}: " in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr
     lines_out = out.stdout.splitlines()
     assert "queued by fix" in lines_out[0]
     assert "deduplicated" in lines_out[1]

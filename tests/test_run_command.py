@@ -109,3 +109,27 @@ def test_port_taken(tmp_path: Path) -> None:
                       cwd=tmp_path)
         assert result.returncode == 2
         assert "address already in use" in result.stderr.lower()
+
+
+def test_a_token_file_others_can_read_is_named_so(tmp_path: Path) -> None:
+    with stack() as s:
+        exporter, _ = _start(s, env={"RUNBOOK_WEBHOOK_TOKEN": "t" * 20})
+        data = tmp_path / "d"
+        data.mkdir()
+        (data / "webhook_token").write_text("shared-token-0123456789\n")
+        (data / "webhook_token").chmod(0o644)
+        # The port is taken, so the command ends right after it has read the token.
+        result = _run("--exporter-listen", exporter.removeprefix("http://"),
+                      "--responder-listen", f"127.0.0.1:{free_port()}", "--data-dir", str(data),
+                      cwd=tmp_path)
+    assert "(mode 0644: readable by others than its owner" in result.stderr
+    assert "shared-token" not in result.stderr
+
+
+def test_a_refused_configuration_writes_no_token(tmp_path: Path) -> None:
+    book = tmp_path / "rb.yml"
+    book.write_text("service: tiny\nwatch:\n  redis:\n    - {name: main, url_env: NO_SUCH_VAR}\n")
+    result = _run("--runbook", str(book), "--data-dir", str(tmp_path / "d"), cwd=tmp_path)
+    assert result.returncode == 2
+    assert "NO_SUCH_VAR" in result.stderr
+    assert not (tmp_path / "d" / "webhook_token").exists()

@@ -23,4 +23,7 @@ def open_store(url: str | None, data_dir: str | Path = "data") -> Store:
         from responder.store.sqlite import SqliteStore
 
         return SqliteStore(url[len("sqlite:///"):])
-    raise ValueError(f"{url!r} is not a store URL (use postgresql://... or sqlite:///PATH)")
+    # Only the scheme: the rest of a mistyped URL may hold a password.
+    scheme = url.partition(":")[0][:20] if "://" in url else "this"
+    raise ValueError(f"{scheme!r} is not a store URL scheme (use postgresql://... or "
+                     "sqlite:///PATH)")

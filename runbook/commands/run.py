@@ -85,6 +85,14 @@ def ensure_token(data_dir: Path) -> tuple[str, Path, bool]:
     return token, path, True
 
 
+def _mode(path: Path) -> str:
+    """The token file's mode as it is, and a warning when others than its owner can read it."""
+    mode = path.stat().st_mode & 0o777
+    if mode & 0o044:
+        return f"mode {mode:04o}: readable by others than its owner, chmod 0600 unless meant"
+    return f"mode {mode:04o}"
+
+
 @dataclass
 class Site:
     """One app served on one address."""
@@ -132,16 +140,17 @@ def run(args: argparse.Namespace) -> int:
         token = read_token(args.token_file)
         if not token and args.token_file:
             raise ValueError(f"--token-file {args.token_file} is empty")
+        # Everything that can be refused is checked before a token file is written.
+        store = open_store(args.store, data_dir)
+        exporter = exporter_app.build_app(loaded, options=Options(state_dir=str(data_dir)))
         if not token:
             token, path, created = ensure_token(data_dir)
             what = "generated a webhook token in" if created else "webhook token from"
-            print(f"runbook run: {what} {path} (mode 0600): give Alertmanager that file as "
+            print(f"runbook run: {what} {path} ({_mode(path)}): give Alertmanager that file as "
                   "the responder receiver's credentials_file", file=sys.stderr, flush=True)
         logs.setup(args.log_level, args.log_format,
                    logs.secret_values(loaded.runbook, token, args.store or ""))
         data_dir.mkdir(parents=True, exist_ok=True)
-        store = open_store(args.store, data_dir)
-        exporter = exporter_app.build_app(loaded, options=Options(state_dir=str(data_dir)))
         responder = responder_app.build_app(
             loaded, store, responder_app.Settings(token=token, public_url=args.public_url))
     except (OSError, ValueError, ConfigError) as exc:
