@@ -65,6 +65,16 @@ def run(args: argparse.Namespace) -> int:
         print(f"runbook exporter: {exc}", file=sys.stderr)
         return 2
     host, port = args.listen
-    print(f"runbook exporter: serving http://{host}:{port}/metrics", file=sys.stderr, flush=True)
-    web.run_app(app, host=host, port=port, print=None, access_log=None)
+
+    def announce(_: str) -> None:
+        # run_app calls this once the port is bound, so the line never precedes a bind error.
+        print(f"runbook exporter: serving http://{host}:{port}/metrics", file=sys.stderr,
+              flush=True)
+
+    try:
+        web.run_app(app, host=host, port=port, print=announce, access_log=None)
+    except OSError as exc:
+        # A port in use or an address not on this host: one line, as `runbook run` says it.
+        print(f"runbook exporter: {exc}", file=sys.stderr)
+        return 2
     return 0

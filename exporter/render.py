@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import gzip
 from collections.abc import Callable, Sequence
 
@@ -24,22 +25,96 @@ class _Ready:
         return self.families
 
 
+def _q(value: str) -> float | None:
+    """A q value (0 to 1), None when it is not one: such an entry is ignored."""
+    try:
+        q = float(value)
+    except ValueError:
+        return None
+    return q if 0.0 <= q <= 1.0 else None  # also False for NaN
+
+
+def _entries(header: str) -> list[tuple[str, dict[str, str], float]]:
+    """An Accept or Accept-Encoding header as (lower-cased name, parameters, q) entries."""
+    entries = []
+    for part in header.split(","):
+        name, *params = part.split(";")
+        name = name.strip().lower()
+        if not name:
+            continue
+        parsed: dict[str, str] = {}
+        for param in params:
+            key, _, val = param.partition("=")
+            parsed[key.strip().lower()] = val.strip().strip('"')
+        q = _q(parsed.pop("q")) if "q" in parsed else 1.0
+        if q is not None:
+            entries.append((name, parsed, q))
+    return entries
+
+
+# Per format we serve: its media type and its version, which an Accept range can name. Our
+# OpenMetrics is 1.0.0 whatever version a range names (0.0.1 in what Prometheus sends): that
+# is prometheus_client's choose_encoder, and Prometheus parses 0.0.1 and 1.0.0 alike.
+_OPENMETRICS = ("application/openmetrics-text", "1.0.0")
+_TEXT = ("text/plain", "0.0.4")
+
+
+def _accepts(entries: list[tuple[str, dict[str, str], float]], served: tuple[str, str],
+             ) -> tuple[float, int]:
+    """The q the header gives a format we serve and how specific the range giving it is.
+
+    The most specific matching range decides (RFC 9110 12.5.1): the type with our version,
+    then the type with any or no version, then `type/*`, then `*/*`; equal ones take the
+    highest q.
+    """
+    media, version = served
+    group = media.partition("/")[0] + "/*"
+    best, rank = 0.0, 0
+    for name, params, q in entries:
+        if name == media:
+            here = 4 if params.get("version") == version else 3
+        elif name == group:
+            here = 2
+        elif name == "*/*":
+            here = 1
+        else:
+            continue
+        if here > rank or (here == rank and q > best):
+            best, rank = q, here
+    return best, rank
+
+
+@functools.lru_cache(maxsize=64)
 def wants_openmetrics(accept: str | None) -> bool:
-    """Whether the Accept header asks for OpenMetrics."""
-    return bool(accept) and "application/openmetrics-text" in (accept or "")
+    """Whether to answer OpenMetrics rather than text, as the Accept header prefers.
+
+    The higher q wins; q=0 refuses. On a tie OpenMetrics wins only when named outright (what
+    prometheus_client does whenever it is named), so `*/*` and `text/*` get text; so does a
+    header that accepts neither. Cached: Prometheus sends the same header every scrape.
+    """
+    if not accept:
+        return False
+    entries = _entries(accept)
+    om_q, om_rank = _accepts(entries, _OPENMETRICS)
+    text_q, _ = _accepts(entries, _TEXT)
+    if om_q <= 0.0:
+        return False
+    return om_q > text_q or (om_q == text_q and om_rank >= 3)
 
 
+@functools.lru_cache(maxsize=64)
 def wants_gzip(accept_encoding: str | None) -> bool:
-    """Whether Accept-Encoding allows gzip (and does not refuse it with q=0)."""
-    for part in (accept_encoding or "").split(","):
-        coding, _, params = part.strip().partition(";")
-        if coding.strip().lower() in ("gzip", "*"):
-            q = params.strip().removeprefix("q=").strip() if params.strip().startswith("q=") else ""
-            try:
-                return not q or float(q) > 0
-            except ValueError:
-                return True
-    return False
+    """Whether Accept-Encoding allows gzip: an explicit `gzip` (or `x-gzip`) entry decides,
+    else `*`; q=0 refuses. Cached like wants_openmetrics."""
+    explicit: float | None = None
+    wildcard: float | None = None
+    for name, _, q in _entries(accept_encoding or ""):
+        if name in ("gzip", "x-gzip"):
+            explicit = q if explicit is None else max(explicit, q)
+        elif name == "*":
+            wildcard = q if wildcard is None else max(wildcard, q)
+    chosen = explicit if explicit is not None else wildcard
+    return chosen is not None and chosen > 0.0
 
 
 def render(families: Sequence[Metric], openmetrics_format: bool) -> tuple[bytes, str]:

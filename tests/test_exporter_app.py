@@ -15,6 +15,7 @@ from prometheus_client.openmetrics.parser import text_fd_to_metric_families
 
 from exporter.app import build_app
 from exporter.collectors import Options
+from exporter.render import wants_gzip, wants_openmetrics
 from exporter.resources import ConfigError
 from exporter.scrape import deadline_from_header
 from tests.servers import find_tool, free_port, wait_for_port
@@ -59,6 +60,64 @@ async def test_gzip_and_openmetrics_on_request() -> None:
         text = await om.text()
         assert text.rstrip().endswith("# EOF")
         assert "runbook_host_cpu_seconds_total" in text
+
+
+# What Prometheus 2.x sends when scraping (scrape.go's acceptHeader).
+PROMETHEUS_ACCEPT = ("application/openmetrics-text;version=1.0.0,"
+                     "application/openmetrics-text;version=0.0.1;q=0.75,"
+                     "text/plain;version=0.0.4;q=0.5,*/*;q=0.1")
+
+
+@pytest.mark.parametrize(("accept", "openmetrics"), [
+    (PROMETHEUS_ACCEPT, True),
+    ("application/openmetrics-text;q=0,text/plain", False),  # q=0 refuses
+    ("Application/OpenMetrics-Text; version=1.0.0", True),  # types are case-insensitive
+    ("application/openmetrics-text;version=0.0.1", True),  # answered 1.0.0: prometheus_client
+    ("application/openmetrics-text; version=\"1.0.0\"; Q=0.4, text/plain;q=0.6", False),
+    ("text/plain;version=0.0.4;q=0.5, application/openmetrics-text;q=0.9", True),
+    ("application/openmetrics-text;version=1.0.0;q=0, application/openmetrics-text", False),
+    ("application/*", True),
+    ("text/plain;q=0, */*", True),
+    ("*/*", False),  # curl and browsers: text, as before
+    ("application/openmetrics-text, text/plain", True),  # a tie named outright: OpenMetrics
+    ("application/json", False),  # neither served format: text rather than 406
+    ("application/openmetrics-text;q=high, text/plain;q=0.1", False),  # a bad q: ignored
+    ("", False),
+    (None, False),
+])
+def test_openmetrics_is_chosen_by_media_range_and_q(accept: str | None,
+                                                   openmetrics: bool) -> None:
+    assert wants_openmetrics(accept) is openmetrics
+
+
+@pytest.mark.parametrize(("accept_encoding", "gzipped"), [
+    ("gzip", True),
+    ("GZip;q=0.2", True),
+    ("*;q=1, gzip;q=0", False),  # the explicit entry wins over *, and q=0 refuses
+    ("gzip;q=0, *", False),
+    ("br, *;q=0.5", True),
+    ("br, *;q=0", False),
+    ("x-gzip", True),
+    ("identity", False),
+    ("gzip;q=nope", False),
+    (None, False),
+])
+def test_gzip_only_when_accepted(accept_encoding: str | None, gzipped: bool) -> None:
+    assert wants_gzip(accept_encoding) is gzipped
+
+
+async def test_negotiation_through_the_app() -> None:
+    async with serve(None) as client:
+        om = await client.get("/metrics", headers={"Accept": PROMETHEUS_ACCEPT})
+        assert om.headers["Content-Type"] == \
+            "application/openmetrics-text; version=1.0.0; charset=utf-8"
+        assert (await om.text()).rstrip().endswith("# EOF")
+        text = await client.get("/metrics", headers={
+            "Accept": "application/openmetrics-text;q=0,text/plain",
+            "Accept-Encoding": "*;q=1, gzip;q=0"}, auto_decompress=False)
+        assert text.headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
+        assert "Content-Encoding" not in text.headers
+        assert "runbook_collector_up" in await text.text()
 
 
 def test_unknown_collector_fails_at_start() -> None:

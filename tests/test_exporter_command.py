@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import socket
 import subprocess
 import sys
 import urllib.request
@@ -57,3 +58,18 @@ def test_serves_metrics_until_stopped() -> None:
         assert process.wait(15) == 0
         assert process.stderr is not None
         process.stderr.close()
+
+
+def test_port_in_use_is_one_line_and_exit_2() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run([sys.executable, "-m", "runbook.cli", "exporter", "--listen",
+                                 f"127.0.0.1:{port}"], capture_output=True, text=True,
+                                timeout=60)
+    assert result.returncode == 2
+    # One line (no traceback, no "serving" line before it), worded as `runbook run` words it.
+    [line] = result.stderr.splitlines()
+    assert line.startswith("runbook exporter: ")
+    assert f"('127.0.0.1', {port}): address already in use" in line

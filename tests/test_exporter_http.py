@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 from collections.abc import AsyncIterator
@@ -12,8 +13,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from exporter.collectors.freshness import dig, to_timestamp
-from exporter.collectors.http import buckets_with
+from exporter.collectors.freshness import MAX_SKEW, dig, to_timestamp
+from exporter.collectors.http import MAX_BODY, buckets_with, json_holds
 from tests.test_exporter_support import runbook, samples, scrape_text, serve, value
 
 
@@ -29,9 +30,25 @@ async def service() -> AsyncIterator[tuple[str, dict[str, object]]]:
     async def heartbeat(request: web.Request) -> web.Response:
         return web.json_response({"jobs": {"nightly": {"last_ok": "2026-01-02T03:04:05+00:00"}}})
 
+    async def endless(request: web.Request) -> web.StreamResponse:
+        # Chunked, with no Content-Length: only reading it finds it too big, and it never ends.
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        await response.prepare(request)
+        await response.write(b'{"status": "healthy", "pad": "')
+        with contextlib.suppress(ConnectionError):
+            while True:
+                await response.write(b"x" * 65536)
+        return response
+
+    async def declared(request: web.Request) -> web.Response:
+        # A Content-Length over the limit: refused before reading a byte of the body.
+        return web.Response(body=b" " * (MAX_BODY + 1), content_type="application/json")
+
     app = web.Application()
     app.router.add_get("/health", health)
     app.router.add_get("/heartbeat", heartbeat)
+    app.router.add_get("/endless", endless)
+    app.router.add_get("/declared", declared)
     server = TestServer(app)
     await server.start_server()
     yield str(server.make_url("")), state
@@ -138,3 +155,106 @@ def test_timestamp_parsing_errors_are_clear() -> None:
     with pytest.raises(ValueError, match=r"no field 'a\.c'"):
         dig({"a": {"b": 1}}, "a.c")
     assert to_timestamp(time.time() * 1000) == pytest.approx(time.time(), abs=5)
+
+
+def test_expect_json_compares_json_types() -> None:
+    assert not json_holds({"ok": 1}, {"ok": True})
+    assert not json_holds({"ok": True}, {"ok": 1})
+    assert not json_holds({"ok": 0}, {"ok": False})
+    assert not json_holds({"n": [1, True]}, {"n": [True, 1]})
+    assert not json_holds({"n": {"a": 1}}, {"n": {"a": True}})
+    assert not json_holds({"n": "1"}, {"n": 1})
+    assert not json_holds({"n": None}, {"n": False})
+    assert json_holds({"ok": True, "n": 1, "s": {"a": 1, "b": 2}}, {"ok": True, "n": 1.0,
+                                                                  "s": {"a": 1.0}})
+    assert json_holds({"l": [1, {"x": None}]}, {"l": [1.0, {"x": None}]})
+
+
+async def test_expect_true_is_not_met_by_one(service: tuple[str, dict[str, object]]) -> None:
+    base, state = service
+    state["body"] = {"ok": 1}
+    loaded = runbook(f"watch:\n  http:\n    - {{name: api, url: '{base}/health',"
+                     " interval: 50ms, timeout: 1s, expect_json: {ok: true}}\n")
+    async with serve(loaded, collectors=["http"]) as client:
+        await asyncio.sleep(0.2)
+        found = samples(await scrape_text(client))
+        assert value(found, "runbook_probe_up", target="api") == 0
+        state["body"] = {"ok": True}
+        await asyncio.sleep(0.2)
+        found = samples(await scrape_text(client))
+        assert value(found, "runbook_probe_up", target="api") == 1
+
+
+async def test_bodies_over_the_limit_fail_without_being_read(
+        service: tuple[str, dict[str, object]]) -> None:
+    base, _ = service
+    loaded = runbook(
+        "watch:\n  http:\n"
+        f"    - {{name: endless, url: '{base}/endless', interval: 100ms, timeout: 5s,"
+        " expect_json: {status: healthy}}\n"
+        f"    - {{name: declared, url: '{base}/declared', interval: 100ms, timeout: 5s,"
+        " expect_json: {status: healthy}}\n"
+        "  freshness:\n"
+        f"    - {{name: beat, http_json: '{base}/endless', field: status}}\n")
+    async with serve(loaded, collectors=["http", "freshness"]) as client:
+        started = time.monotonic()
+        await asyncio.sleep(0.5)
+        found = samples(await scrape_text(client))
+        # Well under the 5 s timeouts: the endless body is cut at the limit, not timed out.
+        assert time.monotonic() - started < 3
+        assert value(found, "runbook_probe_up", target="endless") == 0
+        assert value(found, "runbook_probe_up", target="declared") == 0
+        assert value(found, "runbook_collector_up", collector="freshness", target="beat") == 0
+        rows = {r["target"]: r for r in (await (await client.get("/health/detail")).json())[
+            "collectors"]}
+    assert rows["endless"]["probe_error"] == "BodyTooLarge: body is over the 1 MiB limit"
+    assert rows["declared"]["probe_error"] == \
+        f"BodyTooLarge: body of {MAX_BODY + 1} bytes is over the 1 MiB limit"
+    assert "body is over the 1 MiB limit" in rows["beat"]["last_error"]
+
+
+def test_timestamps_read_units_by_size_and_refuse_what_would_silence_alerts() -> None:
+    now = 1_796_136_000.0  # 2026-12-01
+    assert to_timestamp(1_796_136_000, now) == now
+    assert to_timestamp("1796136000000", now) == now  # ms
+    assert to_timestamp(b"1796136000000000", now) == now  # µs
+    assert to_timestamp(1_796_136_000_000_000_000, now) == now  # ns
+    assert to_timestamp(123_456_789, now) == 123_456_789  # 1973 in seconds
+    assert to_timestamp(now + MAX_SKEW, now) == now + MAX_SKEW  # clock skew is allowed
+    assert to_timestamp(0, now) == 0
+    for bad in (b"nan", "inf", "-inf", float("nan"), "1e309"):
+        with pytest.raises(ValueError, match="not a finite unix time"):
+            to_timestamp(bad, now)
+    for future in (4_102_444_800, now + MAX_SKEW + 1, "2100-01-01T00:00:00+00:00"):
+        with pytest.raises(ValueError, match="in the future"):
+            to_timestamp(future, now)
+
+
+async def test_bad_freshness_values_set_up_to_zero_and_say_why(redis_url: str,
+                                                              tmp_path: Path) -> None:
+    stamp = tmp_path / "touched-ahead"
+    stamp.write_text("")
+    os.utime(stamp, (4_102_444_800, 4_102_444_800))
+    import redis as redis_sync
+
+    r = redis_sync.Redis.from_url(redis_url)
+    r.mset({"f:nan": "nan", "f:future": "4102444800",
+            "f:micros": str(int(time.time() - 60) * 1_000_000)})
+    r.close()
+    loaded = runbook(
+        f"watch:\n  redis:\n    - {{name: cache, url: '{redis_url}'}}\n"
+        "  freshness:\n"
+        "    - {name: nan, redis: cache, redis_key: 'f:nan'}\n"
+        "    - {name: future, redis: cache, redis_key: 'f:future'}\n"
+        "    - {name: micros, redis: cache, redis_key: 'f:micros'}\n"
+        f"    - {{name: file, file: '{stamp}'}}\n")
+    async with serve(loaded, collectors=["freshness"]) as client:
+        found = samples(await scrape_text(client))
+        rows = {r["target"]: r for r in (await (await client.get("/health/detail")).json())[
+            "collectors"]}
+    name = "runbook_last_success_timestamp_seconds"
+    assert value(found, name, target="micros") == pytest.approx(time.time() - 60, abs=5)
+    for target, why in (("nan", "not a finite unix time"), ("future", "in the future"),
+                        ("file", "in the future")):
+        assert value(found, "runbook_collector_up", collector="freshness", target=target) == 0
+        assert why in rows[target]["last_error"]

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import math
 import os
+import time
 from datetime import date, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -12,9 +15,16 @@ from prometheus_client.core import Metric
 from redis.asyncio import Redis
 
 from exporter.collectors.base import Collector, one
+from exporter.collectors.http import read_capped
 
-# A number this large is milliseconds since the epoch, not seconds (that would be year 5138).
-_MILLIS = 1e11
+# A number's unit comes from its size: below 1e11 it is seconds (1e11 s is the year 5138),
+# below 1e14 milliseconds, below 1e17 microseconds, else nanoseconds. Each bound sits three
+# orders of magnitude from the next, so any time from 1973 to 5138 reads right in every unit.
+_UNITS = ((1e11, 1.0), (1e14, 1e3), (1e17, 1e6))
+_NANOS = 1e9
+# How far ahead of this host's clock a last success may be (clock skew between hosts); more is
+# a wrong value, and taking it would keep the staleness alert quiet until that time comes.
+MAX_SKEW = 300.0
 NAME = "runbook_last_success_timestamp_seconds"
 HELP = "Unix time of the last success (0: never seen)"
 
@@ -22,14 +32,27 @@ if TYPE_CHECKING:
     import asyncpg  # imported where a pool is opened: only runbooks with PostgreSQL pay for it
 
 
-def to_timestamp(value: Any) -> float:
-    """Seconds since the epoch from a number (s or ms), numeric text, ISO text or a datetime."""
+def plausible(seconds: float, now: float | None = None) -> float:
+    """The unix time itself, or ValueError when it is NaN, infinite or in the future: each
+    would keep a staleness alert from ever firing, so the check reports it instead."""
+    if not math.isfinite(seconds):
+        raise ValueError(f"{seconds!r} is not a finite unix time")
+    now = time.time() if now is None else now
+    if seconds > now + MAX_SKEW:
+        raise ValueError(f"{seconds:.0f} is {seconds - now:.0f}s in the future "
+                         f"(more than {MAX_SKEW:.0f}s of clock skew)")
+    return seconds
+
+
+def to_timestamp(value: Any, now: float | None = None) -> float:
+    """Seconds since the epoch from a number (s, ms, µs or ns by its size), numeric text, ISO
+    text or a datetime; ValueError for NaN, infinity or a time in the future."""
     if value is None:
         return 0.0
     if isinstance(value, datetime):
-        return value.timestamp()
+        return plausible(value.timestamp(), now)
     if isinstance(value, date):
-        return datetime(value.year, value.month, value.day).timestamp()
+        return plausible(datetime(value.year, value.month, value.day).timestamp(), now)
     if isinstance(value, bytes):
         value = value.decode()
     if isinstance(value, str):
@@ -38,13 +61,18 @@ def to_timestamp(value: Any) -> float:
             value = float(text)
         except ValueError:
             try:
-                return datetime.fromisoformat(text).timestamp()
+                stamp = datetime.fromisoformat(text).timestamp()
             except ValueError:
                 raise ValueError(f"{text[:40]!r} is neither a unix time nor an ISO date") from None
+            return plausible(stamp, now)
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValueError(f"{value!r} is not a timestamp")
     number = float(value)
-    return number / 1000.0 if number > _MILLIS else number
+    if not math.isfinite(number):
+        raise ValueError(f"{value!r} is not a finite unix time")
+    size = abs(number)
+    divisor = next((d for bound, d in _UNITS if size < bound), _NANOS)
+    return plausible(number / divisor, now)
 
 
 def dig(body: Any, dotted: str) -> Any:
@@ -90,10 +118,10 @@ class FreshnessCollector(Collector):
                 st = await asyncio.to_thread(os.stat, self.file)
             except FileNotFoundError:
                 return 0.0
-            return st.st_mtime
+            return plausible(st.st_mtime)
         if self.session is not None and self.url is not None and self.field is not None:
             async with self.session.get(self.url) as response:
                 response.raise_for_status()
-                body = await response.json(content_type=None)
+                body = json.loads(await read_capped(response))
             return to_timestamp(dig(body, self.field))
         raise ValueError("a freshness check needs one source")

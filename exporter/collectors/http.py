@@ -47,8 +47,68 @@ class ProbeState:
         self.duration_sum += seconds
 
 
+# What a probe or a freshness check reads of a body at most: health and heartbeat answers are
+# small, and a runaway endpoint must not make the exporter buffer hundreds of megabytes.
+MAX_BODY = 1 << 20
+_CHUNK = 64 << 10
+
+
+class BodyTooLarge(ValueError):
+    """The body is over MAX_BODY; the rest of it was not read."""
+
+
+async def read_capped(response: aiohttp.ClientResponse, limit: int = MAX_BODY) -> bytes:
+    """The body (decompressed, as aiohttp hands it out), or BodyTooLarge once it passes `limit`.
+
+    The connection is closed rather than drained then, so the rest is never buffered.
+    """
+    declared = response.content_length
+    if declared is not None and declared > limit:
+        response.close()
+        raise BodyTooLarge(f"body of {declared} bytes is over the {_size(limit)} limit")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.content.iter_chunked(_CHUNK):
+        size += len(chunk)
+        if size > limit:
+            response.close()
+            raise BodyTooLarge(f"body is over the {_size(limit)} limit")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _size(n: int) -> str:
+    return f"{n >> 20} MiB" if n % (1 << 20) == 0 else f"{n} bytes"
+
+
+def json_equal(got: Any, want: Any) -> bool:
+    """Whether two parsed JSON values are the same JSON value.
+
+    Stricter than Python's ==, for which True == 1 and 0 == False: a bool equals only a bool.
+    Numbers compare by value, so 1 and 1.0 are equal: JSON has one number type, and how a
+    service happens to write a number is not part of its health. Lists compare item by item,
+    objects key by key (exactly; only the top of expect_json is a subset, see json_holds).
+    """
+    if isinstance(want, bool) or isinstance(got, bool):
+        return isinstance(want, bool) and isinstance(got, bool) and got == want
+    if isinstance(want, int | float):
+        return isinstance(got, int | float) and got == want
+    if isinstance(want, str):
+        return isinstance(got, str) and got == want
+    if want is None:
+        return got is None
+    if isinstance(want, list):
+        return (isinstance(got, list) and len(got) == len(want)
+                and all(json_equal(g, w) for g, w in zip(got, want, strict=True)))
+    if isinstance(want, dict):
+        return (isinstance(got, dict) and got.keys() == want.keys()
+                and all(json_equal(got[k], w) for k, w in want.items()))
+    return False
+
+
 def json_holds(body: Any, expected: dict[str, Any]) -> bool:
-    """Whether the JSON body holds every expected field (nested dicts compared as subsets)."""
+    """Whether the JSON body holds every expected field (nested dicts compared as subsets,
+    other values with json_equal)."""
     if not isinstance(body, dict):
         return False
     for key, want in expected.items():
@@ -58,7 +118,7 @@ def json_holds(body: Any, expected: dict[str, Any]) -> bool:
         if isinstance(want, dict):
             if not json_holds(got, want):
                 return False
-        elif got != want:
+        elif not json_equal(got, want):
             return False
     return True
 
@@ -107,7 +167,7 @@ class HttpProbeCollector(Collector):
                 if status not in self.expect_status:
                     error = f"status {status}, expected {list(self.expect_status)}"
                 elif self.expect_json is not None:
-                    body = json.loads(await response.read())
+                    body = json.loads(await read_capped(response))
                     if not json_holds(body, self.expect_json):
                         error = f"JSON body does not hold {self.expect_json}"
         except TimeoutError:
