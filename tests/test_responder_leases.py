@@ -9,8 +9,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from responder.payload import Notification
 from responder.policy import Policy
 from responder.store import Store, open_store
@@ -33,15 +31,6 @@ def rule(out: Path, extra: str = "") -> str:
     return (f"  - name: gauge\n    match: {{alertname: GaugeHigh}}\n    external: true\n"
             f"    mode: auto\n    cooldown: 0s\n    do: [{{exec: {json.dumps(append_argv(out))}}}]"
             f"\n{extra}")
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
-    s: Store = (open_store(None, tmp_path / "data") if request.param == "sqlite"
-                else open_store(request.getfixturevalue("postgres_dsn")))
-    await s.open()
-    yield s
-    await s.close()
 
 
 async def test_work_taken_over_is_not_completed_by_its_old_owner(store: Store,

@@ -14,7 +14,7 @@ import pytest
 from responder.payload import Notification
 from responder.policy import Policy
 from responder.rails import active_window, target_key
-from responder.store import Store, open_store
+from responder.store import Store
 from responder.store.intake import intake
 from responder.store.queries import get_incident
 from runbook.matchers import Matcher
@@ -24,15 +24,6 @@ from tests.test_responder_support import alert, append_argv, body, load
 def rule(out: Path, extra: str = "", name: str = "gauge", mode: str = "auto") -> str:
     return (f"  - name: {name}\n    match: {{alertname: GaugeHigh}}\n    external: true\n"
             f"    mode: {mode}\n    do: [{{exec: {json.dumps(append_argv(out))}}}]\n{extra}")
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
-    s: Store = (open_store(None, tmp_path / "data") if request.param == "sqlite"
-                else open_store(request.getfixturevalue("postgres_dsn")))
-    await s.open()
-    yield s
-    await s.close()
 
 
 async def decide(store: Store, policy: Policy, *alerts: dict[str, Any], now: float

@@ -5,7 +5,6 @@ from __future__ import annotations
 import shutil
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -21,15 +20,6 @@ from tests.servers import start_postgres
 from tests.test_responder_support import AUTH, alert, body, load, post, responder
 
 PAGE_RULE = "  - name: p\n    match: {alertname: GaugeHigh}\n    external: true\n    mode: page\n"
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
-    s: Store = (open_store(None, tmp_path / "data") if request.param == "sqlite"
-                else open_store(request.getfixturevalue("postgres_dsn")))
-    await s.open()
-    yield s
-    await s.close()
 
 
 async def _claimed_in_step(store: Store, owner: str) -> str:
