@@ -90,7 +90,7 @@ class PostgresStore(Store):
         try:
             self._pool = await asyncpg.create_pool(
                 self._dsn, min_size=1, max_size=self._max, command_timeout=self._timeout,
-                timeout=self._timeout)
+                timeout=self._timeout, server_settings=self._session_settings())
         except _FAILURES as exc:
             raise StoreError(f"cannot connect to PostgreSQL: {exc}") from exc
 
@@ -104,6 +104,20 @@ class PostgresStore(Store):
         self._grouped = asyncio.Queue()
         # Owned by the store: cancelled and awaited in close().
         self._committer = asyncio.create_task(self._commit_groups(), name="pg-group-commit")
+
+    def _session_settings(self) -> dict[str, str]:
+        """Server-side limits of this replica's sessions: a replica that freezes (a VM pause,
+        SIGSTOP, a partition) inside a transaction must not hold the decision lock, and so
+        every other replica's decisions, for longer than a few seconds. The client-side
+        command_timeout cannot help there: the frozen client is the one that would act."""
+        seconds = max(1, round(self._timeout))
+        return {
+            "idle_in_transaction_session_timeout": f"{2 * seconds}s",
+            "lock_timeout": f"{seconds}s",
+            # A partitioned client's connection is found dead in about 10 + 3 * 5 seconds.
+            "tcp_keepalives_idle": "10", "tcp_keepalives_interval": "5",
+            "tcp_keepalives_count": "3",
+        }
 
     async def close(self) -> None:
         if self._committer is not None:
@@ -161,6 +175,11 @@ class PostgresStore(Store):
         try:
             async with self._pool.acquire(timeout=self._timeout) as conn, conn.transaction():
                 tx = PgTx(conn)
+                # The decision lock first, before any job inserts an occurrence row: a job that
+                # needs no rails (a page) would otherwise hold a row another replica's group
+                # waits for, while a later job of this group waits for that group's lock.
+                # Taken outside the savepoints, no rollback below gives it up.
+                await tx.lock_decisions()
                 for future, op in batch:
                     if future.done():  # the caller gave up before its turn: nothing to do
                         continue
@@ -171,8 +190,6 @@ class PostgresStore(Store):
                         value = await op(tx)
                     except Exception as exc:  # handed to the waiting caller
                         await conn.execute("ROLLBACK TO SAVEPOINT op")
-                        # The lock may have gone with the savepoint: take it again if needed.
-                        tx.locked = False
                         results.append((future, None,
                                         _failure(exc) if isinstance(exc, _FAILURES) else exc))
                     else:
