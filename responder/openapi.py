@@ -13,11 +13,12 @@ _STEP = {"type": "object", "properties": {
     "kind": {"type": "string", "description": "received, deduplicated, matched, rail, queued, "
              "awaiting_approval, paging, approved, rejected, action_started, action_finished, "
              "verifying, verified, retry, escalated, paged, page_resolved, resolved, resumed, "
-             "interrupted, acted, closed"},
+             "interrupted, late_finish, acted, closed"},
     "detail": {"type": "object"}}}
 _INCIDENT = {"type": "object", "properties": {
     "id": {"type": "string"}, "fingerprint": {"type": "string"},
     "startsAt": {"type": "string"}, "alertname": {"type": "string"},
+    "generatorURL": {"type": "string"},
     "labels": {"type": "object", "additionalProperties": {"type": "string"}},
     "annotations": {"type": "object", "additionalProperties": {"type": "string"}},
     "state": {"type": "string", "enum": [
@@ -40,7 +41,8 @@ def _resp(description: str, ref: str | None = None) -> dict[str, Any]:
 
 def _errors(*codes: int) -> dict[str, Any]:
     names = {400: "malformed request", 401: "missing or wrong bearer token",
-             404: "no such incident", 409: "not awaiting approval", 413: "body too large",
+             404: "no such incident", 408: "the body did not arrive in time",
+             409: "no approval waiting (none, or answered)", 413: "body too large",
              415: "not application/json", 503: "the store cannot record or read: retry"}
     return {str(c): _resp(names[c], "Error") for c in codes}
 
@@ -73,6 +75,11 @@ def openapi_document() -> dict[str, Any]:
                         "Incident": _INCIDENT,
                         "Incidents": {"type": "object", "properties": {"incidents": {
                             "type": "array", "items": {"$ref": "#/components/schemas/Incident"}}}},
+                        "Answered": {"type": "object", "properties": {
+                            "id": {"type": "string"}, "state": {"type": "string"}},
+                            "required": ["id", "state"]},
+                        "Status": {"type": "object", "properties": {
+                            "status": {"type": "string"}}, "required": ["status"]},
                         "Intake": {"type": "object", "properties": {
                             "notification": {"type": "integer"},
                             "alerts": {"type": "array", "items": {"type": "object"}},
@@ -88,7 +95,7 @@ def openapi_document() -> dict[str, Any]:
                                    "already; a decision to page is recorded, not sent again",
                     "schema": {"type": "string", "enum": ["alertmanager"]}}],
                 "responses": {"200": _resp("recorded", "Intake"),
-                              **_errors(400, 401, 413, 415, 503)}}},
+                              **_errors(400, 401, 408, 413, 415, 503)}}},
             "/incidents": {"get": {
                 "summary": "Occurrences, newest first, with their steps", "security": _SECURE,
                 "parameters": [
@@ -104,16 +111,19 @@ def openapi_document() -> dict[str, Any]:
             "/incidents/{id}/approve": {"post": {
                 "summary": "Approve the actions of an occurrence awaiting approval",
                 "security": _SECURE, "parameters": _ID, "requestBody": _ANSWER,
-                "responses": {"200": _resp("approved: its actions are queued"),
+                "responses": {"200": _resp("approved: its actions are queued", "Answered"),
                               **_errors(400, 401, 404, 409, 503)}}},
             "/incidents/{id}/reject": {"post": {
                 "summary": "Reject the actions of an occurrence awaiting approval",
                 "security": _SECURE, "parameters": _ID, "requestBody": _ANSWER,
-                "responses": {"200": _resp("rejected"), **_errors(400, 401, 404, 409, 503)}}},
+                "responses": {"200": _resp("rejected", "Answered"),
+                              **_errors(400, 401, 404, 409, 503)}}},
             "/metrics": {"get": {"summary": "The responder's own metrics (Prometheus text)",
                                  "responses": {"200": {"description": "metrics", "content": {
-                                     "text/plain": {"schema": {"type": "string"}}}}}}},
-            "/health": {"get": {"summary": "Alive", "responses": {"200": _resp("alive")}}},
+                                     "text/plain; version=0.0.4; charset=utf-8": {
+                                         "schema": {"type": "string"}}}}}}},
+            "/health": {"get": {"summary": "Alive",
+                                "responses": {"200": _resp("alive", "Status")}}},
             "/health/ready": {"get": {"summary": "Ready when the store answers", "responses": {
                 "200": _resp("ready"), "503": _resp("the store does not answer")}}},
             "/openapi.json": {"get": {"summary": "This document",

@@ -7,6 +7,10 @@ let timer = null;
 
 function token() { return sessionStorage.getItem("runbook-token") || ""; }
 
+class Refused extends Error {
+  constructor() { super("token refused (401)"); }
+}
+
 async function api(method, path) {
   const response = await fetch(path, {
     method,
@@ -14,7 +18,7 @@ async function api(method, path) {
     body: method === "POST" ? "{}" : undefined,
     cache: "no-store",
   });
-  if (response.status === 401) { throw new Error("token refused (401)"); }
+  if (response.status === 401) { throw new Refused(); }
   if (!response.ok) { throw new Error(method + " " + path + ": " + response.status); }
   return response.json();
 }
@@ -78,7 +82,10 @@ async function decide(id, verdict) {
   try {
     await api("POST", "/incidents/" + encodeURIComponent(id) + "/" + verdict);
     await refresh();
-  } catch (err) { setStatus(String(err.message || err)); }
+  } catch (err) {
+    if (err instanceof Refused) { signOut(err.message); return; }
+    setStatus(String(err.message || err));
+  }
 }
 
 function setStatus(text) { document.getElementById("status").textContent = text; }
@@ -104,8 +111,20 @@ async function refresh() {
   setStatus("updated " + new Date().toLocaleTimeString());
 }
 
+// A refused token is forgotten and asked for again: polling on with it would only be refused.
+function signOut(message) {
+  sessionStorage.removeItem("runbook-token");
+  if (timer) { clearTimeout(timer); timer = null; }
+  document.getElementById("incidents").hidden = true;
+  document.getElementById("login").hidden = false;
+  setStatus(message);
+}
+
 async function loop() {
-  try { await refresh(); } catch (err) { setStatus(String(err.message || err)); }
+  try { await refresh(); } catch (err) {
+    if (err instanceof Refused) { signOut(err.message); return; }
+    setStatus(String(err.message || err));
+  }
   timer = setTimeout(loop, REFRESH_MS);
 }
 
