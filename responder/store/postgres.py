@@ -201,4 +201,7 @@ class PostgresStore(Store):
 
 
 def _failure(exc: BaseException) -> StoreError:
-    return StoreError(f"PostgreSQL: {type(exc).__name__}: {exc}")
+    # A timeout says nothing of itself: name what timed out.
+    said = str(exc) or ("no answer within the timeout" if isinstance(exc, TimeoutError)
+                        else repr(exc))
+    return StoreError(f"PostgreSQL: {type(exc).__name__}: {said}")
