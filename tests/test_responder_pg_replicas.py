@@ -83,3 +83,38 @@ async def test_replicas_group_commits_do_not_deadlock(postgres_dsn: str) -> None
     new = sum(1 for a in answers if not isinstance(a, BaseException)
               for x in a.alerts if x.status == "new")
     assert new == len(notes)  # exactly one decision per occurrence
+
+
+async def test_a_held_decision_lock_fails_a_group_at_once_not_job_after_job(
+        postgres_dsn: str) -> None:
+    holder, store = PostgresStore(postgres_dsn, timeout=1.0), PostgresStore(postgres_dsn,
+                                                                          timeout=1.0)
+    await holder.open()
+    await store.open()
+    holding, release = asyncio.Event(), asyncio.Event()
+
+    async def hold_the_lock(tx: Tx) -> None:
+        await tx.lock_decisions()
+        holding.set()
+        await release.wait()
+
+    held = asyncio.ensure_future(holder.run(hold_the_lock))
+    try:
+        await holding.wait()
+        policy = Policy(load(PAGE_AND_AUTO))
+        jobs = [IntakeJob(Notification.model_validate(body(alert(f"held-{i}"))), "{}", policy,
+                          time.time()) for i in range(6)]
+        started = time.monotonic()
+        answers = await asyncio.gather(*(store.run_intake(j) for j in jobs),
+                                       return_exceptions=True)
+        elapsed = time.monotonic() - started
+    finally:
+        release.set()
+        await asyncio.gather(held, return_exceptions=True)
+        await holder.close()
+        await store.close()
+    assert all(isinstance(a, StoreError) for a in answers), answers
+    assert "timeout" in str(answers[0]).lower() or "lock" in str(answers[0]).lower()
+    # One lock wait (1 s) per group, not one per job: six jobs queued together are at most
+    # two groups (the first, then everything that queued meanwhile).
+    assert elapsed < 3.5, elapsed
