@@ -28,8 +28,18 @@ log = logging.getLogger("responder.verify")
 
 
 def promql_string(value: str) -> str:
-    """A PromQL double-quoted string literal holding exactly `value`."""
-    return json.dumps(value)
+    """A PromQL double-quoted string literal holding exactly `value`.
+
+    JSON's escapes are Go's, except that ensure_ascii would write characters outside the BMP as
+    surrogate pairs, which Go's unquoting refuses: those are written as they are (UTF-8)."""
+    return json.dumps(value, ensure_ascii=False)
+
+
+def alertmanager_string(value: str) -> str:
+    """A double-quoted matcher value as Alertmanager's filter parser reads it: it knows only
+    the escapes \\, \" and \n and takes any other backslash sequence literally."""
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return f'"{escaped}"'
 
 
 def prometheus_from_generator(generator_url: str) -> str | None:
@@ -100,7 +110,7 @@ async def ask_alertmanager(
     params: dict[str, str] = {"active": "true", "silenced": "true", "inhibited": "true",
                               "unprocessed": "true"}
     if labels.get("alertname"):
-        params["filter"] = f"alertname={promql_string(labels['alertname'])}"
+        params["filter"] = f"alertname={alertmanager_string(labels['alertname'])}"
     async with session.get(f"{base.rstrip('/')}/api/v2/alerts", params=params,
                            timeout=aiohttp.ClientTimeout(total=seconds)) as response:
         if response.status != 200:
@@ -130,7 +140,9 @@ async def still_firing(
     if prometheus:
         try:
             answer = await ask_prometheus(ctx.session, prometheus, labels, seconds)
-        except (aiohttp.ClientError, TimeoutError, ValueError, KeyError) as exc:
+        # TypeError, AttributeError: a 200 whose JSON is not shaped as the API documents.
+        except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, TypeError,
+                AttributeError) as exc:
             log.warning("Prometheus at %s could not say: %s", prometheus, type(exc).__name__)
             answer = None
         if answer is not None:
@@ -139,7 +151,8 @@ async def still_firing(
         try:
             return await ask_alertmanager(ctx.session, alertmanager, ctx.alert.fingerprint,
                                           labels, seconds)
-        except (aiohttp.ClientError, TimeoutError, ValueError, KeyError) as exc:
+        except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, TypeError,
+                AttributeError) as exc:
             log.warning("Alertmanager at %s could not say: %s", alertmanager,
                         type(exc).__name__)
     return None

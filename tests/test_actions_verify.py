@@ -155,3 +155,19 @@ async def test_alertmanager_by_fingerprint(
 
 async def test_neither_configured(session: aiohttp.ClientSession) -> None:
     assert await still_firing(context(session, labels=FIRING, env={})) is None
+
+
+@pytest.mark.parametrize("alertname", ["Disk voll ä", "Queue\tstuck", 'Odd "q" \\ name',
+                                       "Backlog 🔥"])
+async def test_alertnames_with_any_characters_are_found(
+    session: aiohttp.ClientSession, running: tuple[Stack, str, str], alertname: str
+) -> None:
+    # Alertmanager's filter knows only \\, \" and \n; Prometheus refuses surrogate escapes.
+    _, prom, am = running
+    labels = {"alertname": alertname, "queue": "q2"}
+    _post_alert(am, labels, 3600)
+    fingerprint = _fingerprint(am, alertname)
+    ctx = context(session, labels=labels, fingerprint=fingerprint, env={})
+    assert await still_firing(ctx, alertmanager_url=am) is True
+    # Prometheus has no such rule, so it cannot tell; Alertmanager still answers.
+    assert await still_firing(ctx, prometheus_url=prom, alertmanager_url=am) is True
