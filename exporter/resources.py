@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import aiohttp
 from redis.asyncio import Redis
 
+from runbook.redis_tls import tls_options
 from runbook.schema import RedisTarget, Watch
 
 if TYPE_CHECKING:
@@ -73,10 +74,10 @@ async def open_resources(watch: Watch, env: Mapping[str, str] | None = None) -> 
     resources = Resources(session)
     try:
         for target in watch.redis:
+            url = redis_url(target, env)
             resources.redis[target.name] = Redis.from_url(
-                redis_url(target, env), socket_timeout=target.timeout,
-                socket_connect_timeout=target.timeout,
-                client_name="runbook-exporter")
+                url, socket_timeout=target.timeout, socket_connect_timeout=target.timeout,
+                client_name="runbook-exporter", **tls_options(url))
         for pg in watch.postgres:
             resources.pools[pg.name] = await open_pool(env[pg.dsn_env], pg.timeout)
     except BaseException:

@@ -13,6 +13,8 @@ from collections.abc import Callable
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from runbook.redis_tls import tls_options
+
 CHANNEL = "runbook:responder:work"
 log = logging.getLogger("responder.wakeup")
 
@@ -22,7 +24,7 @@ class Wakeup:
 
     def __init__(self, url: str, on_wake: Callable[[], None]) -> None:
         self.client = aioredis.Redis.from_url(url, socket_timeout=0.5,
-                                              socket_connect_timeout=0.5)
+                                              socket_connect_timeout=0.5, **tls_options(url))
         self.on_wake = on_wake
 
     async def publish(self) -> None:

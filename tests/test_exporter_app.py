@@ -370,13 +370,13 @@ async def test_redis_acl_user_from_url_env_and_no_secret_in_errors(redis_url: st
         admin.close()
 
 
-def _tls_files(directory: Path) -> tuple[Path, Path, Path]:
-    """A CA and a server certificate for 127.0.0.1, made with the openssl tool."""
+def _tls_files(directory: Path, san: str = "IP:127.0.0.1") -> tuple[Path, Path, Path]:
+    """A CA and a server certificate for `san`, made with the openssl tool."""
     openssl = shutil.which("openssl") or "openssl"
     ca_key, ca, key, csr, cert = (directory / n for n in
                                   ("ca.key", "ca.crt", "server.key", "server.csr", "server.crt"))
     ext = directory / "san.ext"
-    ext.write_text("subjectAltName=IP:127.0.0.1\n")
+    ext.write_text(f"subjectAltName={san}\n")
     for argv in (
         [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
          "/CN=test-ca", "-keyout", str(ca_key), "-out", str(ca)],
@@ -389,8 +389,11 @@ def _tls_files(directory: Path) -> tuple[Path, Path, Path]:
     return ca, cert, key
 
 
-async def test_rediss_tls_target(tmp_path: Path) -> None:
-    ca, cert, key = await asyncio.to_thread(_tls_files, tmp_path)
+@pytest.mark.parametrize(("san", "up"), [("IP:127.0.0.1", 1.0),
+                                          ("DNS:some-other-host.example", 0.0)])
+async def test_rediss_tls_target(tmp_path: Path, san: str, up: float) -> None:
+    # A certificate for another name is refused, though a CA we trust signed it.
+    ca, cert, key = await asyncio.to_thread(_tls_files, tmp_path, san)
     port = free_port()
     server = await asyncio.create_subprocess_exec(
         find_tool("redis-server"), "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1",
@@ -403,8 +406,9 @@ async def test_rediss_tls_target(tmp_path: Path) -> None:
         loaded = runbook("watch:\n  redis:\n    - {name: tls, url_env: TLS_URL}\n")
         async with serve(loaded, collectors=["redis"], env=env) as client:
             found = samples(await scrape_text(client))
-        assert value(found, "runbook_redis_up", target="tls") == 1
-        assert value(found, "runbook_redis_memory_used_bytes", target="tls") > 0
+        assert value(found, "runbook_redis_up", target="tls") == up
+        if up:
+            assert value(found, "runbook_redis_memory_used_bytes", target="tls") > 0
     finally:
         server.terminate()
         await asyncio.wait_for(server.wait(), 10)

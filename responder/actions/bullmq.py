@@ -18,6 +18,7 @@ from responder.actions.base import ActionContext, ActionFn, Outcome, Status, out
 from responder.actions.labels import fill
 from responder.actions.targets import redis_target, redis_url
 from runbook.actions import BullmqCleanParams, BullmqRemoveJobParams, BullmqRetryParams, QueueRef
+from runbook.redis_tls import tls_options
 
 _REMOVE_CODES = {0: "the job is locked by a worker (active)",
                  -8: "the job belongs to a job scheduler (remove the scheduler instead)"}
@@ -34,8 +35,9 @@ async def open_queue(ctx: ActionContext, params: QueueRef) -> AsyncIterator[Any]
     prefix = redis_target(ctx, params.redis).queues.bullmq_prefix
     # Our own client (bullmq's reads decoded strings): no retry storm on a dead Redis, and
     # closed with aclose rather than bullmq's deprecated close.
-    conn = aioredis.Redis.from_url(redis_url(ctx, params.redis), decode_responses=True,
-                                   socket_timeout=10.0)
+    url = redis_url(ctx, params.redis)
+    conn = aioredis.Redis.from_url(url, decode_responses=True, socket_timeout=10.0,
+                                   **tls_options(url))
     try:
         yield Queue(queue_name(ctx, params), {"connection": conn, "prefix": prefix})
     finally:

@@ -12,6 +12,7 @@ from responder.actions.base import ActionContext, ActionFn, Outcome, Status, out
 from responder.actions.labels import fill
 from responder.actions.targets import redis_url
 from runbook.actions import RedisDeletePatternParams, RedisFlushdbParams, RedisMemoryPurgeParams
+from runbook.redis_tls import tls_options
 
 _GLOB = re.compile(r"([\\*?\[\]])")
 
@@ -24,7 +25,8 @@ def glob_escape(value: str) -> str:
 @asynccontextmanager
 async def client(ctx: ActionContext, target: str) -> AsyncIterator[aioredis.Redis]:
     """A client on a watch.redis target, closed afterwards."""
-    conn = aioredis.Redis.from_url(redis_url(ctx, target), socket_timeout=10.0)
+    url = redis_url(ctx, target)
+    conn = aioredis.Redis.from_url(url, socket_timeout=10.0, **tls_options(url))
     try:
         yield conn
     finally:

@@ -19,6 +19,7 @@ from responder.actions.base import BLOCKING, ActionContext, ActionFn, Outcome, S
 from responder.actions.labels import fill
 from responder.actions.targets import redis_url
 from runbook.actions import RqCleanParams, RqRequeueParams
+from runbook.redis_tls import tls_options
 
 _REGISTRIES = {
     "started": StartedJobRegistry,
@@ -36,7 +37,7 @@ def _io_timeout(params: RqRequeueParams | RqCleanParams) -> float:
 
 def _requeue(url: str, queue_name: str, limit: int, io_timeout: float
              ) -> tuple[list[str], dict[str, str]]:
-    with Redis.from_url(url, socket_timeout=io_timeout) as conn:
+    with Redis.from_url(url, socket_timeout=io_timeout, **tls_options(url)) as conn:
         queue = Queue(queue_name, connection=conn)
         registry = FailedJobRegistry(queue=queue)
         done: list[str] = []
@@ -67,7 +68,7 @@ async def requeue_failed(ctx: ActionContext, params: RqRequeueParams) -> Outcome
 
 
 def _clean(url: str, queue_name: str, io_timeout: float) -> dict[str, Any]:
-    with Redis.from_url(url, socket_timeout=io_timeout) as conn:
+    with Redis.from_url(url, socket_timeout=io_timeout, **tls_options(url)) as conn:
         queue = Queue(queue_name, connection=conn)
         keys = {name: cls(queue=queue).key for name, cls in _REGISTRIES.items()}
         before = {name: int(conn.zcard(key)) for name, key in keys.items()}
