@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import signal
 import subprocess
 from pathlib import Path
 
@@ -35,3 +36,32 @@ def test_demo_says_what_is_missing(tmp_path: Path) -> None:
     for name in ("redis-server (apt-get install redis-server)", "prometheus (",
                  "prometheus-alertmanager (", "node ("):
         assert name in result.stderr
+
+
+def test_sigterm_stops_everything_the_demo_started(tmp_path: Path) -> None:
+    demo = subprocess.Popen([RUNBOOK_BIN, "demo"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    assert demo.stdout is not None
+    started = ""
+    for line in demo.stdout:
+        if line.startswith("started redis-server"):
+            started = line
+            break
+    temp = re.search(r"\((/tmp/runbook-demo-[^)]+)\)", started)
+    assert temp is not None, started
+    demo.send_signal(signal.SIGTERM)
+    _, err = demo.communicate(timeout=60)
+    assert demo.returncode == 143, err
+    assert "stopped by SIGTERM" in err
+    # Nothing runs from its temp dir any more, and the dir is gone.
+    left = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                command = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue  # ended meanwhile
+            if temp.group(1) in command:
+                left.append(command)
+    assert left == []
+    assert not Path(temp.group(1)).exists()

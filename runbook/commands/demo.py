@@ -344,6 +344,10 @@ class DemoLoop:
 
     def close(self) -> None:
         """Stop every process this demo started; remove the temp dir unless kept."""
+        # A second Ctrl-C or SIGTERM must not cut the stopping short and leave them running.
+        with contextlib.suppress(ValueError):  # only the main thread handles signals
+            for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+                signal.signal(signum, signal.SIG_IGN)
         for proc in reversed(self.procs):
             if proc.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
@@ -416,7 +420,31 @@ class Printer:
         print(text, file=self.out, flush=True)
 
 
+class Stopped(Exception):
+    """SIGTERM or SIGHUP: stop as Ctrl-C does, through every cleanup (the children run in
+    sessions of their own, so nothing else would stop them)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise_stopped(signum: int, _frame: object) -> None:
+    raise Stopped(signum)
+
+
 def run(args: argparse.Namespace) -> int:
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _raise_stopped)
+    try:
+        return _run(args)
+    except Stopped as stop:
+        print(f"runbook demo: stopped by {stop}; everything it started is stopped",
+              file=sys.stderr)
+        return 128 + stop.signum
+
+
+def _run(args: argparse.Namespace) -> int:
     out = sys.stdout
     try:
         tools = find_tools()
