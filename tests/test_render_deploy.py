@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
+import time
+import urllib.request
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import jsonschema
@@ -17,6 +21,7 @@ from runbook.render.output import Options, render_all, write_all
 from runbook.render.prometheus import prometheus_config
 from runbook.render.rules import rule_groups
 from runbook.render.timing import Timing
+from tests.stack import http_json, stack
 from tests.test_render_rules import PROBES, SINK
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -130,6 +135,34 @@ def test_critical_inhibits_weaker_tiers_of_the_same_occurrence(amtool: str,
                     if r["source_matchers"] == ['severity="critical"'])
     assert critical["target_matchers"] == ['severity=~"warning|medium|high"']
     assert {"alertname", "service", "target", "queue", "mount", "slo"} <= set(critical["equal"])
+
+
+def test_a_critical_silences_the_warning_of_its_own_series_only(rendered: Path) -> None:
+    # An expr alert split by instance: a critical on db-1 silences db-1's warning, not db-2's.
+    now = datetime.now(UTC)
+    alerts = [{"labels": {"alertname": "DbSlow", "service": "kitchen-sink", "severity": severity,
+                          "instance": instance},
+               "startsAt": (now - timedelta(minutes=1)).isoformat(),
+               "endsAt": (now + timedelta(hours=1)).isoformat()}
+              for severity, instance in (("critical", "db-1"), ("warning", "db-1"),
+                                         ("warning", "db-2"))]
+    with stack() as s:
+        _, am = s.alertmanager(rendered / "deploy" / "alertmanager.yml")
+        request = urllib.request.Request(  # noqa: S310 - loopback
+            f"{am}/api/v2/alerts", data=json.dumps(alerts).encode(), method="POST",
+            headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310
+            assert response.status == 200
+        states: dict[tuple[str, str], str] = {}
+        for _ in range(100):
+            listed = http_json(f"{am}/api/v2/alerts")
+            states = {(a["labels"]["severity"], a["labels"]["instance"]): a["status"]["state"]
+                      for a in listed}
+            if len(states) == 3 and states[("warning", "db-1")] == "suppressed":
+                break
+            time.sleep(0.05)
+    assert states == {("critical", "db-1"): "active", ("warning", "db-1"): "suppressed",
+                      ("warning", "db-2"): "active"}
 
 
 def test_time_scale_shrinks_alertmanager_timers() -> None:

@@ -20,9 +20,13 @@ RESPONDER = "runbook-responder"
 # says so: the responder records them and does not page a second time.
 RESPONDER_PAGED = "runbook-responder-paged"
 PAGED_QUERY = "paged=alertmanager"
-# Labels that tell one alert occurrence of the same alertname apart (for inhibition).
+# Labels that tell one alert occurrence of the same alertname apart (for inhibition): the
+# catalog's, and those a runbook's own `expr` alerts are most often split by (the scrape's
+# target labels, PostgreSQL's and Kubernetes' names). A label absent from both alerts compares
+# equal, so each one here only narrows what a higher tier silences, never widens it.
+SPLIT_LABELS = ("container", "datname", "deployment", "instance", "job", "namespace", "pod")
 OCCURRENCE_LABELS = ("alertname", "service", "slo", *sorted(
-    {label for s in SIGNALS.values() for label in s.selectable}))
+    {label for s in SIGNALS.values() for label in s.selectable} | set(SPLIT_LABELS)))
 PAGE_GROUP_BY = ["alertname", "service", "severity"]
 
 
