@@ -179,17 +179,21 @@ async def notify(
         *(_send(ctx, r, event, chosen, message) for r in receivers), return_exceptions=True
     )
     report: dict[str, str] = {}
-    failed = False
+    missed: list[str] = []
     for label, result in zip(labels, results, strict=True):
         if isinstance(result, SendError):
-            report[label], failed = f"failed: {result}", True
+            report[label] = f"failed: {result}"
         elif isinstance(result, BaseException):
-            report[label], failed = f"failed: {type(result).__name__}", True
+            report[label] = f"failed: {type(result).__name__}"
         else:
             report[label] = f"sent (HTTP {result[1]})"
+            continue
+        missed.append(label)
     text = "\n".join(f"{label}: {line}" for label, line in report.items())
-    return outcome(name, Status.FAILED if failed else Status.OK, text, severity=chosen,
-                   receivers=report)
+    # `reached`: someone was told, though another receiver failed (the page still counts, and
+    # is resolved with the alert); `missed`: who was not.
+    return outcome(name, Status.FAILED if missed else Status.OK, text, severity=chosen,
+                   receivers=report, reached=len(missed) < len(labels), missed=missed)
 
 
 async def page(ctx: ActionContext, params: PageParams) -> Outcome:
@@ -200,18 +204,10 @@ async def page(ctx: ActionContext, params: PageParams) -> Outcome:
 def paged_severity(ctx: ActionContext) -> str | None:
     """The severity the last page of this occurrence went out with, if any (from ctx.history)."""
     for item in reversed(ctx.history):
-        if item.action == "page" and item.detail.get("severity") and _reached(item):
+        if item.action == "page" and item.detail.get("severity") and (
+                item.status is Status.OK or item.detail.get("reached")):
             return str(item.detail["severity"])
     return None
-
-
-def _reached(page: Outcome) -> bool:
-    """Whether a page told anyone: it did, though another receiver of it failed."""
-    if page.status is Status.OK:
-        return True
-    receivers = page.detail.get("receivers")
-    return isinstance(receivers, dict) and any(
-        str(said).startswith("sent") for said in receivers.values())
 
 
 async def resolve(ctx: ActionContext, severity: str | None = None) -> Outcome:

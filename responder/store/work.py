@@ -183,11 +183,12 @@ async def complete(tx: Tx, item: WorkItem, owner: str, outcomes: list[dict[str, 
     if item.kind in ("page", "escalate"):
         # A page that reached one receiver told a human, though another receiver failed: it
         # counts as paged, so the pages it raised are resolved with the alert.
-        paged = any(_reached_someone(o) for o in outcomes)
+        pages = [o for o in outcomes if o.get("action") == "page"]
+        paged = any(o.get("status") in OK_STATUSES or (o.get("detail") or {}).get("reached")
+                    for o in pages)
         if paged:
             await tx.execute("UPDATE occurrences SET paged = 1 WHERE id = ?", oid)
-            missed = [label for o in outcomes if o.get("action") == "page"
-                      for label, said in _receivers(o).items() if not said.startswith("sent")]
+            missed = [label for o in pages for label in (o.get("detail") or {}).get("missed", [])]
             await add_step(tx, oid, "paged", {"work": item.id, "reason": plan.get("reason"),
                                               **({"missed": missed} if missed else {})}, now)
             if resolved:
@@ -198,9 +199,9 @@ async def complete(tx: Tx, item: WorkItem, owner: str, outcomes: list[dict[str, 
         if not paged and item.attempt < PAGE_ATTEMPTS:
             # Nobody was told: try the page again later rather than give up on the human.
             delay = PAGE_BACKOFF * 2 ** (item.attempt - 1)
-            pages = [s for s in plan.get("steps", []) if s.get("action") == "page"]
+            steps = [s for s in plan.get("steps", []) if s.get("action") == "page"]
             await enqueue(tx, oid, item.track, "page", item.attempt + 1,
-                          {**plan, "steps": pages or [page_step(str(plan.get("reason")))]},
+                          {**plan, "steps": steps or [page_step(str(plan.get("reason")))]},
                           now + delay)
             return await _state(tx, oid, "paging", now, "page_retry",
                                 {"attempt": item.attempt + 1, "in_seconds": delay})
@@ -209,19 +210,6 @@ async def complete(tx: Tx, item: WorkItem, owner: str, outcomes: list[dict[str, 
     # resolve_page
     await add_step(tx, oid, "page_resolved", {"outcomes": outcomes}, now)
     return str(occ["state"])
-
-
-def _receivers(outcome: dict[str, Any]) -> dict[str, str]:
-    """What a page outcome says of each receiver ("sent (HTTP 202)", "failed: ...")."""
-    receivers = (outcome.get("detail") or {}).get("receivers")
-    return {str(k): str(v) for k, v in receivers.items()} if isinstance(receivers, dict) else {}
-
-
-def _reached_someone(outcome: dict[str, Any]) -> bool:
-    if outcome.get("action") != "page":
-        return False
-    return outcome.get("status") in OK_STATUSES or any(
-        said.startswith("sent") for said in _receivers(outcome).values())
 
 
 async def _healed(tx: Tx, item: WorkItem, occ: Row, now: float, reason: str) -> str:
