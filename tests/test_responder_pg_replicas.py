@@ -4,7 +4,9 @@ replica's decisions, and replicas' group commits never deadlock each other."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator
 
 from responder.payload import Notification
 from responder.policy import Policy
@@ -21,23 +23,35 @@ PAGE_AND_AUTO = (
     "    cooldown: 0s\n    do: [{exec: [/bin/true]}]\n")
 
 
-async def test_a_replica_idle_inside_its_transaction_frees_the_decision_lock(
-        postgres_dsn: str) -> None:
-    frozen, live = PostgresStore(postgres_dsn, timeout=1.0), PostgresStore(postgres_dsn,
-                                                                         timeout=1.0)
-    await frozen.open()
-    await live.open()
-    holding = asyncio.Event()
-    never = asyncio.Event()
+@contextlib.asynccontextmanager
+async def two_replicas(dsn: str) -> AsyncIterator[tuple[PostgresStore, PostgresStore]]:
+    """Two stores with a 1 s timeout; the first holds the decision lock in a transaction that
+    stays idle until the block ends (as a replica stopped by SIGSTOP or a partition)."""
+    holder, other = PostgresStore(dsn, timeout=1.0), PostgresStore(dsn, timeout=1.0)
+    await holder.open()
+    await other.open()
+    holding, release = asyncio.Event(), asyncio.Event()
 
     async def hold_the_lock(tx: Tx) -> None:
         await tx.lock_decisions()
         holding.set()
-        await never.wait()  # as a replica stopped by SIGSTOP or a partition: idle in its tx
+        await release.wait()
 
-    stuck = asyncio.ensure_future(frozen.run(hold_the_lock))
+    held = asyncio.ensure_future(holder.run(hold_the_lock))
     try:
         await holding.wait()
+        yield holder, other
+    finally:
+        release.set()
+        held.cancel()
+        await asyncio.gather(held, return_exceptions=True)
+        await holder.close()
+        await other.close()
+
+
+async def test_a_replica_idle_inside_its_transaction_frees_the_decision_lock(
+        postgres_dsn: str) -> None:
+    async with two_replicas(postgres_dsn) as (_frozen, live):
         policy = Policy(load(PAGE_AND_AUTO))
         job = IntakeJob(Notification.model_validate(body(alert("frozen-1"))), "{}", policy,
                         time.time())
@@ -52,12 +66,6 @@ async def test_a_replica_idle_inside_its_transaction_frees_the_decision_lock(
         assert answered is not None, "the decision lock stayed held"
         assert [a.status for a in answered.alerts] == ["new"]
         assert time.monotonic() - started < 10
-    finally:
-        never.set()
-        stuck.cancel()
-        await asyncio.gather(stuck, return_exceptions=True)
-        await frozen.close()
-        await live.close()
 
 
 async def test_replicas_group_commits_do_not_deadlock(postgres_dsn: str) -> None:
@@ -87,20 +95,7 @@ async def test_replicas_group_commits_do_not_deadlock(postgres_dsn: str) -> None
 
 async def test_a_held_decision_lock_fails_a_group_at_once_not_job_after_job(
         postgres_dsn: str) -> None:
-    holder, store = PostgresStore(postgres_dsn, timeout=1.0), PostgresStore(postgres_dsn,
-                                                                          timeout=1.0)
-    await holder.open()
-    await store.open()
-    holding, release = asyncio.Event(), asyncio.Event()
-
-    async def hold_the_lock(tx: Tx) -> None:
-        await tx.lock_decisions()
-        holding.set()
-        await release.wait()
-
-    held = asyncio.ensure_future(holder.run(hold_the_lock))
-    try:
-        await holding.wait()
+    async with two_replicas(postgres_dsn) as (_holder, store):
         policy = Policy(load(PAGE_AND_AUTO))
         jobs = [IntakeJob(Notification.model_validate(body(alert(f"held-{i}"))), "{}", policy,
                           time.time()) for i in range(6)]
@@ -108,11 +103,6 @@ async def test_a_held_decision_lock_fails_a_group_at_once_not_job_after_job(
         answers = await asyncio.gather(*(store.run_intake(j) for j in jobs),
                                        return_exceptions=True)
         elapsed = time.monotonic() - started
-    finally:
-        release.set()
-        await asyncio.gather(held, return_exceptions=True)
-        await holder.close()
-        await store.close()
     assert all(isinstance(a, StoreError) for a in answers), answers
     assert "timeout" in str(answers[0]).lower() or "lock" in str(answers[0]).lower()
     # One lock wait (1 s) per group, not one per job: six jobs queued together are at most
