@@ -12,7 +12,7 @@ from aiohttp import web
 from responder.app import Settings, build_app
 from responder.store import StoreError, open_store
 from runbook import logs
-from runbook.eventloop import new_event_loop
+from runbook.eventloop import freeze_startup_heap, new_event_loop
 from runbook.loader import load_or_report
 from runbook.units import parse_duration
 
@@ -84,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
     settings = Settings(token=token, lease=args.lease, public_url=args.public_url,
                         redis_url=args.redis, retention=args.retention)
     app = build_app(loaded, store, settings)
+    app.on_startup.append(freeze_startup_heap)
     try:
         web.run_app(app, host=host, port=port, access_log=None, loop=new_event_loop(),
                     print=lambda _m: print(f"runbook responder: {loaded.service} on "

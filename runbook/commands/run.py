@@ -20,7 +20,7 @@ from responder import app as responder_app
 from responder.command import TOKEN_ENV, read_token
 from responder.store import StoreError, open_store
 from runbook import logs
-from runbook.eventloop import new_event_loop
+from runbook.eventloop import freeze_startup_heap, new_event_loop
 from runbook.loader import LoadedRunbook, load_or_report
 
 DEFAULT_RUNBOOK = Path(__file__).resolve().parents[1] / "default_runbook.yml"
@@ -153,6 +153,7 @@ def run(args: argparse.Namespace) -> int:
         data_dir.mkdir(parents=True, exist_ok=True)
         responder = responder_app.build_app(
             loaded, store, responder_app.Settings(token=token, public_url=args.public_url))
+        responder.on_startup.append(freeze_startup_heap)
     except (OSError, ValueError, ConfigError) as exc:
         print(f"runbook run: {exc}", file=sys.stderr)
         return 2
