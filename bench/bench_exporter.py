@@ -30,6 +30,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import redis as redis_sync
 
@@ -348,7 +349,8 @@ def main() -> int:
             fill_bullmq(url, queues, jobs)
             fill_celery(url, queues, py_jobs)
             fill_rq(url, queues, py_jobs)
-            used = client.info("memory")["used_memory"] / 2**20
+            memory: dict[str, Any] = client.info("memory")  # type: ignore[assignment] # sync client
+            used = memory["used_memory"] / 2**20
             print(f"\n=== {queues} queues, {jobs:,} BullMQ jobs, {py_jobs:,} Celery and RQ jobs "
                   f"(filled in {time.monotonic() - started:.0f}s, Redis {used:.0f} MiB); "
                   f"{scrapes} scrapes each")

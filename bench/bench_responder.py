@@ -283,10 +283,16 @@ def main() -> int:
         # Rounds alternate between the targets, so a noisy minute on a shared machine falls on
         # all of them rather than on one.
         rounds: list[list[dict[str, Any]]] = [[] for _ in targets]
-        for r in range(args.rounds):
+        for round_no in range(args.rounds):
             for i, (_name, url, store) in enumerate(targets):
-                offset = (r * len(targets) + i) * 100_000_000
+                offset = (round_no * len(targets) + i) * 100_000_000
                 rounds[i].append(asyncio.run(measure(url, args, store, offset)))
+                if pg is not None and store == pg.dsn("bench"):
+                    # PostgreSQL's own after-work (autovacuum of the rows just written, the
+                    # checkpoint writing them out) would otherwise fall on the next target's
+                    # fsyncs: do it now, between the measurements.
+                    pg.psql("VACUUM ANALYZE", "bench")
+                    pg.psql("CHECKPOINT")
         results = [summarize(name, rounds[i]) for i, (name, _url, _store) in enumerate(targets)]
     finally:
         for process in processes:
