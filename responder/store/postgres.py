@@ -90,7 +90,8 @@ class PostgresStore(Store):
         try:
             self._pool = await asyncpg.create_pool(
                 self._dsn, min_size=1, max_size=self._max, command_timeout=self._timeout,
-                timeout=self._timeout, server_settings=self._session_settings())
+                timeout=self._timeout, server_settings=self._session_settings(),
+                reset=_keep_session)
         except _FAILURES as exc:
             raise StoreError(f"cannot connect to PostgreSQL: {exc}") from exc
 
@@ -198,6 +199,18 @@ class PostgresStore(Store):
             lost = _failure(exc)
             results = [(future, None, lost) for future, _op in batch]
         settle(results)
+
+
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Release a connection to the pool as it is.
+
+    asyncpg's default reset sends `pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL`
+    on every release: one more round trip per transaction, for session state this store never
+    leaves behind. Its locks are transaction-level (released by COMMIT or ROLLBACK), it runs no
+    SET, LISTEN or cursor outside a transaction, and its session settings come from the
+    connection's startup, which RESET ALL would keep anyway.
+    """
+    del conn
 
 
 def _failure(exc: BaseException) -> StoreError:
