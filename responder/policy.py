@@ -89,8 +89,11 @@ class Policy:
         hit = next((c for c in checks if c.hit), None)
         if hit is not None:
             reason = f"rail {hit.rail}: {hit.reason}"
+            # The rule's own page steps were written for its remediation (an "FYI, restarted"
+            # note, say): a stopped action pages with the rail's reason, at the alert's severity.
             return TrackDecision(match.index, match.key, target, rule.mode, "paging", dry_run,
-                                 reason, checks, self._page_plan(match, reason))
+                                 reason, checks, self._page_plan(match, reason,
+                                                                 own_pages=False))
         plan = {
             "rule_index": match.index, "rule": match.key, "target": target,
             "steps": _steps(rule.do), "escalate": _steps(rule.escalate),
@@ -105,8 +108,9 @@ class Policy:
         return TrackDecision(match.index, match.key, target, "auto", "queued", dry_run,
                              f"rule {match.key} acts automatically{suffix}", checks, plan)
 
-    def _page_plan(self, match: RuleMatch | None, reason: str) -> dict[str, Any]:
-        rule = match.rule if match else None
+    def _page_plan(self, match: RuleMatch | None, reason: str,
+                   own_pages: bool = True) -> dict[str, Any]:
+        rule = match.rule if match and own_pages else None
         pages = [s for s in (rule.do if rule else []) if step_action(s)[0] == "page"]
         steps = _steps(pages) if pages else [page_step(reason)]
         return {"rule_index": match.index if match else None,

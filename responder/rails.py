@@ -11,8 +11,9 @@ from zoneinfo import ZoneInfo
 from runbook.matchers import match_all, parse_matcher
 from runbook.schema import MaintenanceWindow, Rails, RespondRule, Runbook
 
-# Labels that name the tier or the alert rather than the thing an action works on.
-_NOT_TARGET = frozenset({"alertname", "severity"})
+# Labels that name the tier or the alert rather than the thing an action works on: the
+# warning and the critical alert of one queue are one target, so one cooldown holds for both.
+_NOT_TARGET = frozenset({"alertname", "severity", "tier"})
 
 
 @dataclass(frozen=True)

@@ -172,3 +172,39 @@ async def test_continue_tracks_count_against_the_global_rails(store: Store,
     assert [d["outcome"] for d in occ["decision"]] == ["queued", "paging"]
     assert "rail rate_limit: 1 automatic runs in the last 60s (limit 1)" \
         in occ["decision"][1]["reason"]
+
+
+async def test_one_cooldown_holds_for_every_tier_of_an_alert(store: Store, tmp_path: Path) -> None:
+    # The rendered rules label each tier (tier: warning, tier: critical): the critical alert
+    # of a queue whose warning just ran its remediation is the same target, still cooling down.
+    policy = Policy(load(rule(tmp_path / "o", "    cooldown: 30m\n")))
+    now = time.time()
+    warning, = await decide(store, policy, alert("w", severity="warning", tier="warning"),
+                            now=now)
+    assert warning["state"] == "queued"
+    critical, = await decide(store, policy, alert("c", severity="critical", tier="critical"),
+                             now=now + 300)
+    assert critical["state"] == "paging"
+    assert hit(critical) == "cooldown"
+
+
+async def test_a_stopped_action_pages_the_rails_reason_not_the_rules_own_page(
+        store: Store, tmp_path: Path) -> None:
+    fyi = "api was restarted automatically (FYI)"
+    extra = (f"    cooldown: 1h\n    do: [{{exec: {json.dumps(append_argv(tmp_path / 'o'))}}}, "
+             f"{{page: {{severity: warning, message: {json.dumps(fyi)}}}}}]\n")
+    text = rule(tmp_path / "o").split("    do:")[0] + extra
+    policy = Policy(load(text))
+    now = time.time()
+    ran, = await decide(store, policy, alert("a"), now=now)
+    assert ran["state"] == "queued"
+    stopped, = await decide(store, policy, alert("b"), now=now + 60)
+    assert stopped["state"] == "paging"
+    work = await store.run(lambda tx: tx.fetchall(
+        "SELECT plan FROM work WHERE occurrence_id = ? AND kind = 'page'", stopped["id"]))
+    steps = json.loads(work[0]["plan"])["steps"]
+    assert [s["action"] for s in steps] == ["page"]
+    params = steps[0]["params"]
+    assert "rail cooldown" in params["message"]
+    assert fyi not in json.dumps(steps)
+    assert params.get("severity") is None  # the alert's own severity routes it
