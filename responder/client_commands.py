@@ -54,9 +54,18 @@ def _token(args: argparse.Namespace) -> str:
         except (OSError, UnicodeDecodeError) as exc:
             raise ClientError(f"cannot read the token file {args.token_file}: "
                               f"{getattr(exc, 'strerror', None) or exc}") from exc
-    token = os.environ.get(TOKEN_ENV, "")
+    # Stripped as the responder strips its own (a file or `echo` leaves a newline).
+    token = os.environ.get(TOKEN_ENV, "").strip()
     if not token:
         raise ClientError(f"give the responder's token: --token-file FILE or {TOKEN_ENV}")
+    return token
+
+
+def _header_safe(token: str) -> str:
+    """The token, if an HTTP header can carry it; never echoed in the error."""
+    if not token.isprintable() or not token.isascii():
+        raise ClientError("the token holds a control or a non-ASCII character, which no HTTP "
+                          "header can carry: check the token file or variable")
     return token
 
 
@@ -66,7 +75,7 @@ def request(args: argparse.Namespace, method: str, path: str,
     base = (args.url or os.environ.get(URL_ENV) or DEFAULT_URL).rstrip("/")
     if not base.startswith(("http://", "https://")):
         raise ClientError(f"{_shown(base)!r} is not an http(s) URL")
-    token = _token(args)
+    token = _header_safe(_token(args))
     data = None if payload is None else json.dumps(payload).encode()
     try:
         req = urllib.request.Request(f"{base}{path}", data=data, method=method,  # noqa: S310

@@ -79,6 +79,15 @@ def test_incidents_approve_reject_against_a_running_responder(tmp_path: Path) ->
         wrong = cli("incidents", token="wrong", url=url)
         assert wrong.returncode == 1
         assert "HTTP 401" in wrong.stderr
+        # The variable as `export X=$(cat file)` or a secret mount leaves it: stripped.
+        newline = cli("incidents", token=TOKEN + "\n", url=url)
+        assert newline.returncode == 0, newline.stderr
+        # A token no header can carry is refused in one line that never shows it.
+        for odd in ("s3cr3t-token\x01value", "s3cr3t-tokén"):
+            refused = cli("incidents", token=odd, url=url)
+            assert refused.returncode == 1
+            assert "no HTTP header can carry" in refused.stderr, refused.stderr
+            assert "s3cr3t" not in refused.stderr
     assert cli("incidents", token=None, url=url).stderr.startswith(
         "runbook incidents: give the responder's token: --token-file FILE or "
         "RUNBOOK_WEBHOOK_TOKEN")
