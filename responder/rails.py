@@ -69,8 +69,7 @@ def _covers(window: MaintenanceWindow, now: float) -> bool:
     if window.weekly is None:
         assert window.start is not None
         assert window.end is not None
-        start = window.start if window.start.tzinfo else window.start.replace(tzinfo=zone)
-        end = window.end if window.end.tzinfo else window.end.replace(tzinfo=zone)
+        start, end = window.zoned(window.start), window.zoned(window.end)
         return start <= moment < end
     weekly = window.weekly
     local = moment.astimezone(zone)

@@ -487,9 +487,13 @@ class MaintenanceWindow(Strict):
         if once:
             if self.start is None or self.end is None:
                 raise ValueError("a one-off window needs both start and end")
-            if self.end <= self.start:
+            if self.zoned(self.end) <= self.zoned(self.start):
                 raise ValueError("end must be after start")
         return self
+
+    def zoned(self, moment: datetime) -> datetime:
+        """A one-off bound as an instant: one written without an offset is in `timezone`."""
+        return moment if moment.tzinfo else moment.replace(tzinfo=ZoneInfo(self.timezone))
 
 
 class Rails(Strict):

@@ -545,6 +545,19 @@ def test_bad_time_of_day(tmp_path: Path) -> None:
         """, (4, "maintenance[0].weekly.start", ("'2:00' is not a time of day", "HH:MM")))
 
 
+def test_one_off_window_mixing_an_offset_and_a_local_time(tmp_path: Path) -> None:
+    # The end without an offset is in the window's time zone: 10:00 Berlin is 08:00Z, before
+    # the start at 09:00Z. Compared as instants, not a traceback.
+    check(tmp_path, """
+        service: api
+        maintenance:
+          - name: upgrade
+            start: 2026-12-01T09:00:00Z
+            end: 2026-12-01T10:00:00
+            timezone: Europe/Berlin
+        """, (3, "maintenance[0]", ("end must be after start",)))
+
+
 def test_bad_regex_in_log_patterns(tmp_path: Path) -> None:
     check(tmp_path, """
         service: api

@@ -208,3 +208,15 @@ async def test_a_stopped_action_pages_the_rails_reason_not_the_rules_own_page(
     assert "rail cooldown" in params["message"]
     assert fyi not in json.dumps(steps)
     assert params.get("severity") is None  # the alert's own severity routes it
+
+
+def test_one_off_window_with_an_offset_and_a_local_end(tmp_path: Path) -> None:
+    text = rule(tmp_path / "o")
+    loaded = load(text, extra=(
+        "maintenance:\n  - name: upgrade\n    start: 2026-12-01T09:00:00Z\n"
+        "    end: 2026-12-01T11:30:00\n    timezone: Europe/Berlin\n"))
+    inside = datetime(2026, 12, 1, 10, 29, tzinfo=UTC).timestamp()
+    after = datetime(2026, 12, 1, 10, 30, tzinfo=UTC).timestamp()  # 11:30 in Berlin
+    labels = {"alertname": "GaugeHigh"}
+    assert active_window(loaded.runbook, labels, inside) == "upgrade"
+    assert active_window(loaded.runbook, labels, after) is None
