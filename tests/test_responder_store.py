@@ -162,3 +162,45 @@ async def test_retention_removes_notifications_a_batch_at_a_time(store: Store) -
     assert removed == [5, 5, 2]
     kept = await store.run(lambda tx: tx.fetchall("SELECT received_at FROM notifications"))
     assert [float(r["received_at"]) for r in kept] == [5000.0]
+
+
+async def test_resolved_before_its_escalation_is_claimed_ends_the_incident(store: Store) -> None:
+    rule = ("  - name: fix\n    match: {alertname: GaugeHigh}\n    external: true\n"
+            "    mode: auto\n    do: [{exec: [/bin/false]}]\n")
+    policy = Policy(load(rule))
+    note = Notification.model_validate(body(alert("e1")))
+    result = await store.run(lambda tx: intake(tx, note, "{}", policy, time.time()))
+    oid = result.alerts[0].occurrence_id
+    item = await store.run(lambda tx: ops.claim(tx, "me", time.time(), 60.0))
+    assert item is not None
+    failed = [{"action": "exec", "status": "failed", "output": "exit 1"}]
+    state = await store.run(lambda tx: ops.complete(tx, item, "me", failed, None, time.time()))
+    assert state == "escalating"
+    # The alert resolves before any worker claims the escalation.
+    gone = Notification.model_validate(body(alert("e1", status="resolved")))
+    await store.run(lambda tx: intake(tx, gone, "{}", policy, time.time()))
+    data = await store.run(lambda tx: get_incident(tx, oid))
+    assert data is not None
+    assert data["state"] == "resolved"
+    assert oid not in {i["id"] for i in await store.run(lambda tx: list_incidents(tx, True, 100))}
+    cancelled = next(s for s in data["steps"] if s["kind"] == "resolved")["detail"]["cancelled"]
+    assert [c["kind"] for c in cancelled] == ["escalate"]
+
+
+async def test_resolved_while_the_run_is_held_stays_running_until_it_completes(
+        store: Store) -> None:
+    rule = ("  - name: fix\n    match: {alertname: GaugeHigh}\n    external: true\n"
+            "    mode: auto\n    do: [{exec: [/bin/true]}]\n")
+    policy = Policy(load(rule))
+    note = Notification.model_validate(body(alert("h1")))
+    result = await store.run(lambda tx: intake(tx, note, "{}", policy, time.time()))
+    oid = result.alerts[0].occurrence_id
+    item = await store.run(lambda tx: ops.claim(tx, "me", time.time(), 60.0))
+    assert item is not None
+    gone = Notification.model_validate(body(alert("h1", status="resolved")))
+    await store.run(lambda tx: intake(tx, gone, "{}", policy, time.time()))
+    data = await store.run(lambda tx: get_incident(tx, oid))
+    assert data is not None and data["state"] == "running"
+    done = [{"action": "exec", "status": "ok", "output": ""}]
+    state = await store.run(lambda tx: ops.complete(tx, item, "me", done, None, time.time()))
+    assert state == "healed"

@@ -30,6 +30,8 @@ from responder.store.base import (
 _CLOSE_UNSTARTED = {"new", "queued", "awaiting_approval", "paging"}
 _HEAL = {"verifying", "acted"}
 _END = {"paged", "escalated", "page_failed"}
+# States that last while a worker holds the occurrence's work.
+_BUSY = {"running", "escalating"}
 Step = tuple[str, str, dict[str, Any]]
 
 
@@ -193,6 +195,15 @@ async def resolve_occurrence(tx: Tx, oid: str, state: str, paged: bool, now: flo
         new_state = "resolved"
     elif state in _HEAL:
         new_state = "healed"
+    elif state in _BUSY:
+        # Work still held by a worker closes the occurrence when it completes; with none held
+        # (an escalation not yet claimed was just cancelled, a run left for recovery), nothing
+        # ever would: it ends now.
+        held = await tx.fetchone(
+            "SELECT COUNT(*) AS n FROM work WHERE occurrence_id = ? AND status = 'claimed' "
+            "AND kind <> 'resolve_page'", oid)
+        if held is None or not held["n"]:
+            new_state = "resolved"
     await tx.execute("UPDATE occurrences SET resolved_at = ?, ends_at = ?, state = ?, "
                      "updated_at = ? WHERE id = ?",
                      now, detail.get("ends_at"), new_state, now, oid)
