@@ -35,6 +35,9 @@ IDEMPOTENT_ACTIONS = frozenset({
 })
 
 CLAIM_BATCH = 16
+OTHER_SLOTS = 16
+"""Pages, verifications and page resolutions running at once (remediations have their own
+limit, rails.max_concurrent)."""
 PRUNE_EVERY = 3600.0
 RunAction = Callable[[str, Any, ActionContext], Awaitable[Outcome]]
 StillFiring = Callable[[ActionContext], Awaitable[bool | None]]
@@ -114,7 +117,7 @@ class Worker:
         self.metrics = metrics
         self.config = config
         self.hooks = hooks or Hooks.discover(metrics.registry)
-        self._wake = asyncio.Event()
+        self._wakes: list[asyncio.Event] = []
         self._stopping = False
         self._busy = 0
         self._idle = asyncio.Event()
@@ -125,7 +128,8 @@ class Worker:
 
     def wake(self) -> None:
         """New work was queued: look now instead of at the next poll."""
-        self._wake.set()
+        for event in self._wakes:
+            event.set()
 
     async def recover(self, everything: bool) -> list[dict[str, Any]]:
         """Resume or escalate work left claimed by a stopped process."""
@@ -137,50 +141,60 @@ class Worker:
         return found
 
     async def run(self) -> None:
-        """Claim and run work until cancelled."""
-        slots = asyncio.Semaphore(self.config.concurrency)
+        """Claim and run work until cancelled: remediations within rails.max_concurrent, and
+        pages, verifications and page resolutions in slots of their own."""
         async with asyncio.TaskGroup() as group:
             recover = group.create_task(self._recover_loop())
-            while True:
+            loops = [group.create_task(self._claim_loop(group, True, self.config.concurrency)),
+                     group.create_task(self._claim_loop(group, False, OTHER_SLOTS))]
+            for loop in loops:
+                await loop
+            recover.cancel()
+
+    async def _claim_loop(self, group: asyncio.TaskGroup, remediations: bool, size: int
+                          ) -> None:
+        slots = asyncio.Semaphore(size)
+        wake = asyncio.Event()
+        self._wakes.append(wake)
+        while True:
+            await slots.acquire()
+            if self._stopping:
+                # Claim nothing more; the task group waits for the work already running.
+                # Returning (not waiting to be cancelled) matters: on Python 3.11 a cancel
+                # that lands as a wait completes can be lost, and shutdown would hang.
+                slots.release()
+                return
+            wake.clear()
+            # One slot is ours; take as many more as are free for one batched claim.
+            free = 1
+            while free < CLAIM_BATCH and not slots.locked():
                 await slots.acquire()
-                if self._stopping:
-                    # Claim nothing more; the task group waits for the work already running.
-                    # Returning (not waiting to be cancelled) matters: on Python 3.11 a cancel
-                    # that lands as a wait completes can be lost, and shutdown would hang.
-                    slots.release()
-                    recover.cancel()
-                    return
-                self._wake.clear()
-                # One slot is ours; take as many more as are free for one batched claim.
-                free = 1
-                while free < CLAIM_BATCH and not slots.locked():
-                    await slots.acquire()
-                    free += 1
-                # Busy from before the claim commits: a drain must wait for what it takes.
-                self._busy += free
-                self._idle.clear()
-                try:
-                    items = await self.store.run(functools.partial(
-                        ops.claim_many, owner=self.config.owner, now=time.time(),
-                        lease=self.config.lease, limit=free))
-                except StoreError as exc:
-                    items = []
-                    self.metrics.store_errors.labels("claim").inc()
-                    log.error("cannot claim work: %s", exc)
-                except Exception:  # the loop must outlive any one claim, or nothing runs again
-                    items = []
-                    self.metrics.store_errors.labels("claim").inc()
-                    log.exception("cannot claim work")
-                for _ in range(free - len(items)):
-                    slots.release()
-                self._done(free - len(items))
-                for item in items:
-                    group.create_task(self._process(item, slots))
-                if not items:
-                    # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancel.
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(self.config.poll):
-                            await self._wake.wait()
+                free += 1
+            # Busy from before the claim commits: a drain must wait for what it takes.
+            self._busy += free
+            self._idle.clear()
+            try:
+                items = await self.store.run(functools.partial(
+                    ops.claim_many, owner=self.config.owner, now=time.time(),
+                    lease=self.config.lease, limit=free, remediations=remediations))
+            except StoreError as exc:
+                items = []
+                self.metrics.store_errors.labels("claim").inc()
+                log.error("cannot claim work: %s", exc)
+            except Exception:  # the loop must outlive any one claim, or nothing runs again
+                items = []
+                self.metrics.store_errors.labels("claim").inc()
+                log.exception("cannot claim work")
+            for _ in range(free - len(items)):
+                slots.release()
+            self._done(free - len(items))
+            for item in items:
+                group.create_task(self._process(item, slots))
+            if not items:
+                # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancel.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.config.poll):
+                        await wake.wait()
 
     def _done(self, count: int) -> None:
         self._busy -= count

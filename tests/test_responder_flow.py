@@ -357,3 +357,18 @@ async def test_a_page_that_reached_one_receiver_is_resolved_with_the_alert(
                        if r.raw_path == "/pd"]
             # Triggered once (a human was told), then resolved with the alert.
             assert actions == [("/pd", "trigger"), ("/pd", "resolve")]
+
+
+async def test_a_page_never_waits_behind_slow_remediations(store: Store, tmp_path: Path) -> None:
+    # One remediation slot, held by a slow action: a page for another alert still goes out.
+    slow = ("  - name: slow\n    match: {alertname: GaugeHigh}\n    external: true\n"
+            "    mode: auto\n    cooldown: 0s\n    do: [{exec: [/bin/sleep, '4']}]\n")
+    async with page_sink() as (sink, url), responder(load(
+            slow, url, extra="rails: {max_concurrent: 1}"), store) as client:
+        await post(client, body(alert(fingerprint="slow")))
+        await wait_state(client, oid("slow"), "running")
+        await post(client, body(alert(fingerprint="disk", alertname="DiskFull")))
+        await wait_state(client, oid("disk"), "paged")
+        assert len(sink.received) == 1
+        # Paged while the remediation still held its only slot, not after it.
+        assert (await incident(client, oid("slow")))["state"] == "running"

@@ -27,14 +27,22 @@ def runs_steps(item: WorkItem) -> bool:
         item.next_step < len(item.plan.get("steps", []))
 
 
-async def claim_many(tx: Tx, owner: str, now: float, lease: float, limit: int
-                     ) -> list[WorkItem]:
-    """Take up to `limit` of the oldest due work nobody holds (SKIP LOCKED on PostgreSQL);
-    the first step of each is marked started in the same commit."""
+REMEDIATIONS = ("run", "escalate")
+"""Work that runs a rule's actions: bounded by rails.max_concurrent. Pages, verifications and
+page resolutions have slots of their own, so slow remediations never hold a page back."""
+
+
+async def claim_many(tx: Tx, owner: str, now: float, lease: float, limit: int,
+                     remediations: bool | None = None) -> list[WorkItem]:
+    """Take up to `limit` of the oldest due work nobody holds (SKIP LOCKED on PostgreSQL):
+    remediations only (True), everything else only (False), or any (None). The first step of
+    each is marked started in the same commit."""
+    kinds = ", ".join(f"'{k}'" for k in REMEDIATIONS)
+    only = {None: "", True: f" AND kind IN ({kinds})", False: f" AND kind NOT IN ({kinds})"}
     rows = await tx.fetchall(
         "SELECT id, occurrence_id, track, kind, attempt, plan, next_step FROM work "  # noqa: S608 - only constant dialect text is inserted
-        f"WHERE status = 'pending' AND not_before <= ? ORDER BY not_before, id LIMIT ?"
-        f"{tx.skip_locked}", now, limit)
+        f"WHERE status = 'pending' AND not_before <= ?{only[remediations]} "
+        f"ORDER BY not_before, id LIMIT ?{tx.skip_locked}", now, limit)
     if not rows:
         return []
     # A few statements for the whole claim, whatever its size.
