@@ -258,3 +258,24 @@ def test_rendered_job_matches_the_rules_job_matcher(rendered: Path) -> None:
         exprs = [r["expr"] for g in groups["groups"] for r in g["rules"]]
         assert any(f'job="runbook-{service}"' in e for e in exprs), service
         assert f"runbook-{service}" in [j["job_name"] for j in config["scrape_configs"]]
+
+
+def test_a_severity_with_an_env_url_webhook_is_paged_by_the_responder(amtool: str,
+                                                                       tmp_path: Path) -> None:
+    # Alertmanager cannot read a webhook URL from the environment: were the critical page
+    # route kept for PagerDuty and Slack, the responder would hear "paged already" and the
+    # webhook would never be told.
+    text = SINK.replace("    - slack: {webhook_url_env: SLACK_URL}\n",
+                        "    - slack: {webhook_url_env: SLACK_URL}\n"
+                        "    - webhook: {url_env: ONCALL_HOOK_URL}\n")
+    assert text != SINK
+    write_all(render_all([load_text(text, "sink.yml")], Options()), tmp_path)
+    config = tmp_path / "deploy" / "alertmanager.yml"
+    assert run([amtool, "check-config", str(config)]).returncode == 0
+    base = {"service": "kitchen-sink", "signal": "x"}
+    assert routes(amtool, config, {**base, "alertname": "ErrorRateHigh",
+                                   "severity": "critical"}) == ["runbook-responder"]
+    # A severity whose receivers Alertmanager can all reach keeps its page route.
+    assert routes(amtool, config, {**base, "alertname": "MemoryUsageHigh",
+                                   "severity": "warning"}) == \
+        ["kitchen-sink-page-warning", "runbook-responder-paged"]

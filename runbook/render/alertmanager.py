@@ -103,8 +103,8 @@ def _receiver_configs(receivers: list[Receiver], delivery: Delivery) -> dict[str
                 hook["http_config"] = {"authorization": {
                     "type": "Bearer", "credentials_file": delivery.secret(r.webhook.token_env)}}
             configs.setdefault("webhook_configs", []).append(hook)
-        # A webhook whose URL is in an env var (url_env) is paged by the responder only:
-        # Alertmanager 0.25 cannot read a webhook URL from a file.
+        # A webhook whose URL is in an env var (url_env): Alertmanager 0.25 cannot read a
+        # webhook URL from a file, so _service_route leaves that severity to the responder.
     return configs
 
 
@@ -122,6 +122,10 @@ def _service_route(loaded: LoadedRunbook, receivers: dict[str, dict[str, Any]],
         alertnames = paged.get(severity, [])
         targets: list[Receiver] = rb.page.get(severity) or rb.page.get("default") or []
         if not alertnames or not targets:
+            continue
+        if any(r.webhook and not r.webhook.url for r in targets):
+            # A webhook whose URL is in an env var (url_env) only the responder can page: it
+            # pages every receiver of this severity itself, so none is told twice or skipped.
             continue
         configs = _receiver_configs(targets, delivery)
         if not configs:
