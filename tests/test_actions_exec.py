@@ -151,6 +151,18 @@ async def test_env_allow_list(session: aiohttp.ClientSession) -> None:
     assert "s3cr3t" not in result.output
 
 
+async def test_kubectl_in_a_pod_finds_its_api_server(session: aiohttp.ClientSession) -> None:
+    # In a pod, kubectl reads the API address from these two; without them it tries
+    # localhost:8080 and every kubectl action fails.
+    env = {"PATH": os.environ["PATH"], "KUBERNETES_SERVICE_HOST": "10.96.0.1",
+           "KUBERNETES_SERVICE_PORT": "443", "AWS_SECRET_ACCESS_KEY": "s3cr3t"}
+    result = await run_action("exec", ExecParams(argv=["env"]), context(session, env=env))
+    assert result.status is Status.OK
+    assert sorted(result.output.splitlines()) == [
+        "KUBERNETES_SERVICE_HOST=10.96.0.1", "KUBERNETES_SERVICE_PORT=443",
+        f"PATH={os.environ['PATH']}"]
+
+
 async def test_nonzero_exit_fails_with_output(session: aiohttp.ClientSession) -> None:
     ctx = context(session)
     script = "import sys; print('boom'); sys.exit(3)"

@@ -25,10 +25,17 @@ def build_argv(ctx: ActionContext, params: ExecParams) -> list[str]:
     return [fill(arg, ctx.alert.labels, params.label_patterns) for arg in params.argv]
 
 
+# Passed to every program when set: where the Kubernetes API is, which kubectl (and every
+# client library) reads for its in-cluster config. An address, never a secret: the service
+# account's token is a file.
+ALWAYS_PASSED = ("PATH", "KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT")
+
+
 def build_env(ctx: ActionContext, params: ExecParams) -> dict[str, str]:
-    """Only the allowed env vars, plus PATH."""
+    """Only the allowed env vars, plus PATH and the in-cluster API address."""
     env = {"PATH": ctx.env.get("PATH", os.defpath)}
-    env.update({name: ctx.env[name] for name in params.env if name in ctx.env})
+    env.update({name: ctx.env[name] for name in (*ALWAYS_PASSED, *params.env)
+                if name in ctx.env})
     return env
 
 
