@@ -18,6 +18,7 @@ from runbook.actions import PLACEHOLDER
 from runbook.alerting import AlertProblem, ResolvedAlert, resolve, slo_alertname
 from runbook.matchers import Matcher, matchers_for, parse_matcher
 from runbook.schema import SEVERITIES, AlertSpec, RespondRule, Runbook, step_action
+from runbook.selectors import exporter_job, unscoped
 from runbook.signals import SIGNALS
 from runbook.signals import Source as SignalSource
 from runbook.yamlsource import Path, Source, SourceError, format_path, parse_yaml
@@ -231,6 +232,7 @@ def _cross_check(
         seen[alert.alertname] = alert.key
     problems.extend(_name_collisions(rb, alerts))
     problems.extend(_reserved_labels(rb))
+    problems.extend(_unscoped_selectors(rb))
     known_alertnames = set(seen) | {slo_alertname(s) for s in rb.slos}
     redis_names = {t.name for t in rb.watch.redis}
     pg_names = {t.name for t in rb.watch.postgres}
@@ -278,6 +280,22 @@ def _cross_check(
     if problems:
         return None, problems
     return (tuple(alerts), tuple(rule_matchers)), problems
+
+
+def _unscoped_selectors(rb: Runbook) -> Iterator[Problem]:
+    """The runbook's own PromQL must read its own exporter's series, not every service's."""
+    exprs: list[tuple[Path, str]] = [(("alerts", key, "expr"), spec.expr)
+                                     for key, spec in rb.alerts.items()
+                                     if isinstance(spec, AlertSpec) and spec.expr]
+    for i, slo in enumerate(rb.slos):
+        exprs += [(("slos", i, "sli", part), text) for part, text in
+                  (("errors", slo.sli.errors), ("total", slo.sli.total)) if text]
+    for path, text in exprs:
+        names = unscoped(text)
+        if names:
+            yield path, (f"selects {', '.join(names)} without a job matcher: every service's "
+                         "exporter publishes these names, so this would read (and fire on) "
+                         f"other services' series too; add job=\"{exporter_job(rb)}\"")
 
 
 def _name_collisions(rb: Runbook, alerts: list[ResolvedAlert]) -> Iterator[Problem]:

@@ -558,6 +558,38 @@ def test_one_off_window_mixing_an_offset_and_a_local_time(tmp_path: Path) -> Non
         """, (3, "maintenance[0]", ("end must be after start",)))
 
 
+def test_expr_reading_every_services_exporter(tmp_path: Path) -> None:
+    # One Prometheus scrapes every service's exporter, and they all publish runbook_pg_up.
+    check(tmp_path, """
+        service: api
+        watch:
+          postgres: [{name: main, dsn_env: PG_DSN}]
+        alerts:
+          db_down:
+            expr: runbook_pg_up{target="main"} and on() runbook_pg_up{job="runbook-api"}
+            unit: count
+            below: true
+            critical: 1
+            for: 1m
+        """, (6, "alerts.db_down.expr", ("selects runbook_pg_up without a job matcher",
+                                           'add job="runbook-api"')))
+
+
+def test_custom_sli_reading_every_services_exporter(tmp_path: Path) -> None:
+    check(tmp_path, """
+        service: api
+        watch:
+          http: [{name: health, url: "http://api/health"}]
+        slos:
+          - name: availability
+            objective: 99.9%
+            sli:
+              kind: custom
+              errors: sum(rate(runbook_probe_requests_total{result="failure"}[5m]))
+              total: sum(rate(runbook_probe_requests_total{job=~"runbook-api"}[5m]))
+        """, (9, "slos[0].sli.errors", ("selects runbook_probe_requests_total without a job",)))
+
+
 def test_bad_regex_in_log_patterns(tmp_path: Path) -> None:
     check(tmp_path, """
         service: api

@@ -72,12 +72,12 @@ alerts:
   log_errors: {select: {pattern: error}, warning: 10, critical: 100, for: 2m}
   staleness: {warning: 25h, critical: 49h, for: 0s}
   jobs_stuck:
-    expr: sum by (target) (runbook_queue_jobs{state="active"})
+    expr: sum by (target) (runbook_queue_jobs{job="runbook-kitchen-sink", state="active"})
     unit: count
     warning: 20
     for: 15m
   pg_down:
-    expr: runbook_pg_up{target="db"}
+    expr: runbook_pg_up{job="runbook-kitchen-sink", target="db"}
     unit: count
     below: true
     alertname: DatabaseDown

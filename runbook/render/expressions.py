@@ -10,6 +10,7 @@ from runbook.alerting import ResolvedAlert
 from runbook.render import RenderError
 from runbook.render.timing import RATE_WINDOW, Timing, dur
 from runbook.schema import Runbook, Slo
+from runbook.selectors import exporter_job
 from runbook.signals import Unit
 
 QUANTILES = {"latency_p95": 0.95, "latency_p99": 0.99}
@@ -78,11 +79,6 @@ def app_histogram(rb: Runbook) -> str | None:
 
 def _app_job(rb: Runbook) -> dict[str, str]:
     return {"job": rb.watch.app.job} if rb.watch.app and rb.watch.app.job else {}
-
-
-def exporter_job(rb: Runbook) -> str:
-    """The scrape job of the runbook's exporter: `watch.exporter_job`, else runbook-<service>."""
-    return rb.watch.exporter_job or f"runbook-{rb.service}"
 
 
 def exporter_selector(rb: Runbook, metric: str, matchers: dict[str, str] | None = None) -> str:

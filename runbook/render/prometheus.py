@@ -7,9 +7,9 @@ from urllib.parse import urlsplit
 
 from runbook.loader import LoadedRunbook
 from runbook.render import RenderError
-from runbook.render.expressions import exporter_job
 from runbook.render.timing import Timing, dur
 from runbook.render.yamlout import dump_yaml
+from runbook.selectors import exporter_job
 
 EXPORTER = "127.0.0.1:9817"
 ALERTMANAGER = "127.0.0.1:9093"

@@ -29,6 +29,7 @@ from runbook.render.rules import SloRule, TierRule, slo_rules, tier_rules
 from runbook.render.timing import Timing, dur
 from runbook.render.yamlout import dump_yaml
 from runbook.schema import Runbook
+from runbook.selectors import exporter_job
 from runbook.signals import Unit
 
 INSTANCE = "127.0.0.1:9817"
@@ -67,7 +68,7 @@ class Scenario:
 
 def scrape_labels(rb: Runbook) -> dict[str, str]:
     """The labels Prometheus adds to the exporter's series: its job is the runbook's own."""
-    return {"instance": INSTANCE, "job": ex.exporter_job(rb)}
+    return {"instance": INSTANCE, "job": exporter_job(rb)}
 
 
 def _dec(value: float) -> Decimal:

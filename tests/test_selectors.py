@@ -1,0 +1,27 @@
+"""Which of the exporter's metrics a runbook's PromQL reads without naming its exporter's job."""
+
+from __future__ import annotations
+
+import pytest
+
+from runbook.selectors import unscoped
+
+
+@pytest.mark.parametrize(("expr", "found"), [
+    ('runbook_pg_up{target="main"}', ["runbook_pg_up"]),
+    ("runbook_pg_up", ["runbook_pg_up"]),
+    ('runbook_pg_up{job="runbook-api", target="main"}', []),
+    ('runbook_pg_up{target="main",job=~"runbook-.*"}', []),
+    ('avg_over_time(runbook_probe_up{ job = "x" }[1d])', []),
+    ('sum(rate(runbook_a_total{job="x"}[5m])) / sum(rate(runbook_b_total[5m]))',
+     ["runbook_b_total"]),
+    # A label value may hold anything: neither "runbook_" nor "job=" inside one counts.
+    ('up{target="runbook_pg_up"}', []),
+    ('runbook_pg_up{target="job=x"}', ["runbook_pg_up"]),
+    ('runbook_pg_up{nojob="x"}', ["runbook_pg_up"]),
+    # Other metrics are not the exporter's.
+    ('http_requests_total{status=~"5.."}', []),
+    ('my_runbook_metric{a="b"}', []),
+])
+def test_unscoped(expr: str, found: list[str]) -> None:
+    assert unscoped(expr) == found
