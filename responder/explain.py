@@ -7,6 +7,8 @@ import asyncio
 import json
 import sys
 import time
+from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 
 from pydantic import BaseModel, ValidationError
@@ -91,20 +93,25 @@ def _receivers(loaded: LoadedRunbook, severity: str) -> str:
     return f"{', '.join(kinds)} (page.{key})"
 
 
-async def _facts(store: Store | None, policy: Policy, labels: dict[str, str]) -> RailFacts:
-    match = next(iter(policy.matches(labels)), None)
-    if store is None or match is None:
-        return FRESH
+async def _facts(store: Store | None, policy: Policy, labels: dict[str, str]
+                 ) -> dict[int, RailFacts]:
+    """The rails' state for each matching rule that reads it, by the rule's index."""
+    matches = [m for m in policy.matches(labels) if policy.needs_facts(m)]
+    if store is None or not matches:
+        return {}
 
-    async def read(tx: Tx) -> RailFacts:
-        return await rail_facts(tx, policy, match, target_key(labels), time.time())
+    async def read(tx: Tx) -> dict[int, RailFacts]:
+        now = time.time()
+        return {m.index: await rail_facts(tx, policy, m, target_key(labels), now)
+                for m in matches}
 
     return await store.run(read)
 
 
-def explain_alert(loaded: LoadedRunbook, labels: dict[str, str], facts: RailFacts,
-                  state_source: str) -> list[str]:
-    """The lines `runbook explain` prints for one alert."""
+def explain_alert(loaded: LoadedRunbook, labels: dict[str, str],
+                  facts: Mapping[int, RailFacts], state_source: str) -> list[str]:
+    """The lines `runbook explain` prints for one alert; `facts` by rule index (a rule
+    missing from it reads a fresh state)."""
     policy = Policy(loaded)
     out = [f"alert {json.dumps(labels, sort_keys=True)}"]
     matches = policy.matches(labels)
@@ -112,10 +119,18 @@ def explain_alert(loaded: LoadedRunbook, labels: dict[str, str], facts: RailFact
     if not matches:
         out.append("  no respond rule matches: a human is paged")
         decisions.append(policy.decide(None, labels, None, time.time()))
+    queued = 0
     for match in matches:
         out.append(f"  matches {match.key} (respond[{match.index}]), mode {match.rule.mode}")
-        facts_for = facts if policy.needs_facts(match) else None
-        decisions.append(policy.decide(match, labels, facts_for, time.time()))
+        facts_for = None
+        if policy.needs_facts(match):
+            # As intake does: earlier tracks that would be queued count against the global rails.
+            known = facts.get(match.index, FRESH)
+            facts_for = replace(known, runs_in_rate_window=known.runs_in_rate_window + queued,
+                                active_runs=known.active_runs + queued)
+        decision = policy.decide(match, labels, facts_for, time.time())
+        queued += decision.outcome == "queued"
+        decisions.append(decision)
     for decision in decisions:
         if decision.rails:
             out.append(f"  rails ({state_source}):")

@@ -114,3 +114,35 @@ def test_an_unreachable_store_is_one_line_and_exit_1(tmp_path: Path) -> None:
     assert done.stderr.startswith("runbook explain: ")
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert "Hunter2pw" not in done.stderr
+
+
+async def test_each_matching_rule_reads_its_own_rails(tmp_path: Path) -> None:
+    # A `continue` rule first, then a rule that ran on this target 5 minutes ago: its
+    # cooldown is its own, not the first rule's.
+    text = RUNBOOK.replace("respond:\n", """respond:
+  - name: note
+    match: {alertname: QueueDepthHigh}
+    continue: true
+    mode: auto
+    do: [{exec: [/bin/true]}]
+""")
+    store = SqliteStore(tmp_path / "data" / "responder.sqlite3")
+    await store.open()
+    target = target_key(CRITICAL)
+
+    async def ran_recently(tx: object) -> None:
+        await record_run(tx, "scale", target, "occ-1", time.time() - 300)  # type: ignore[arg-type]
+
+    await store.run(ran_recently)
+    await store.close()
+    (tmp_path / "rb.yml").write_text(text)
+    (tmp_path / "alert.json").write_text(json.dumps({"labels": CRITICAL}))
+    done = subprocess.run(
+        [RUNBOOK_BIN, "explain", str(tmp_path / "rb.yml"), str(tmp_path / "alert.json"),
+         "--data-dir", str(tmp_path / "data")],
+        capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    decisions = [line.strip() for line in done.stdout.splitlines() if "decision:" in line]
+    assert len(decisions) == 2, done.stdout
+    assert decisions[0].startswith("decision: queued")
+    assert decisions[1].startswith("decision: paging: rail cooldown"), done.stdout
