@@ -21,7 +21,7 @@ from pydantic import ValidationError
 
 from responder.payload import Notification, parse_time
 from responder.policy import Policy
-from responder.store.base import IntakeResult
+from responder.store.base import IntakeResult, Tx
 from responder.store.intake import intake
 from responder.store.queries import get_incident
 from responder.store.sqlite import SqliteStore
@@ -78,6 +78,10 @@ def _parse(number: int, text: str) -> tuple[Notification, float] | str:
         return str(exc)
 
 
+async def _finish_queued(tx: Tx) -> None:
+    await tx.execute("UPDATE work SET status = 'done' WHERE status IN ('pending', 'claimed')")
+
+
 async def replay(loaded: LoadedRunbook, lines: list[str], source: str
                  ) -> tuple[list[dict[str, Any]], list[str]]:
     """Decisions for every alert of every line, and the errors of unreadable lines."""
@@ -98,6 +102,10 @@ async def replay(loaded: LoadedRunbook, lines: list[str], source: str
                 note, now = parsed
                 result: IntakeResult = await store.run(functools.partial(
                     intake, note=note, body="{}", policy=policy, now=now))
+                # Nothing runs here, yet what was queued must not stay "running" for ever
+                # and fill the concurrency rail: replay takes each remediation as finished
+                # before the next recorded notification.
+                await store.run(_finish_queued)
                 for alert in result.alerts:
                     occ = await store.run(functools.partial(get_incident,
                                                             oid=alert.occurrence_id))

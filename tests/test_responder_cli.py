@@ -156,3 +156,19 @@ def test_replay_says_what_would_have_happened(tmp_path: Path, wrapped: bool) -> 
     assert "rail cooldown" in lines_out[3]
     assert lines_out[-1] == "4 alerts: 1 deduplicated, 1 paging, 1 queued, 1 resolved; " \
                             "nothing was run"
+
+
+def test_replay_takes_each_remediation_as_finished_before_the_next_line(tmp_path: Path) -> None:
+    # One alert a day on six hosts, never resolved in the file: the default concurrency rail
+    # (4) must not count the replay's own never-run remediations as still running.
+    rule = ("  - name: fix\n    match: {alertname: GaugeHigh}\n    external: true\n"
+            "    mode: auto\n    do: [{exec: [/bin/true]}]\n")
+    (tmp_path / "runbook.yml").write_text(runbook(rule))
+    day = 86_400
+    lines = [{"received_at": 1_795_000_000 + i * day,
+              "body": body(alert(f"fp{i}", starts=f"2026-11-{10 + i}T07:00:00Z",
+                                 instance=f"host-{i}"))} for i in range(6)]
+    (tmp_path / "days.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    out = cli("replay", str(tmp_path / "days.jsonl"), "--runbook", str(tmp_path / "runbook.yml"))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[-1] == "6 alerts: 6 queued; nothing was run", out.stdout
