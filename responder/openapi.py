@@ -13,7 +13,7 @@ _STEP = {"type": "object", "properties": {
     "kind": {"type": "string", "description": "received, deduplicated, matched, rail, queued, "
              "awaiting_approval, paging, approved, rejected, action_started, action_finished, "
              "verifying, verified, retry, escalated, paged, page_resolved, resolved, resumed, "
-             "interrupted, late_finish, acted, closed"},
+             "interrupted, late_finish, acted, closed, reopened"},
     "detail": {"type": "object"}}}
 _INCIDENT = {"type": "object", "properties": {
     "id": {"type": "string"}, "fingerprint": {"type": "string"},

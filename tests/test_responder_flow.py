@@ -372,3 +372,27 @@ async def test_a_page_never_waits_behind_slow_remediations(store: Store, tmp_pat
         assert len(sink.received) == 1
         # Paged while the remediation still held its only slot, not after it.
         assert (await incident(client, oid("slow")))["state"] == "running"
+
+
+async def test_firing_again_after_resolved_reopens_and_pages(store: Store, tmp_path: Path) -> None:
+    runs = tmp_path / "runs.txt"
+    async with page_sink() as (sink, url), \
+            responder(load(auto_rule(runs), url), store) as client:
+        assert (await post(client, body(alert()))).status == 200
+        await wait_state(client, oid(), "acted")
+        assert (await post(client, body(alert(status="resolved")))).status == 200
+        await wait_state(client, oid(), "healed")
+        # Alertmanager takes the alert back: same fingerprint, same startsAt, firing. Sent
+        # twice, as resends and HA copies come.
+        for _ in range(2):
+            answer = await post(client, body(alert()))
+            assert answer.status == 200
+        data = await wait_state(client, oid(), "paged")
+        assert kinds(data).count("reopened") == 1
+        reopened = next(s for s in data["steps"] if s["kind"] == "reopened")["detail"]
+        assert reopened["was"] == "healed"
+        assert len(sink.received) == 1
+        assert "fired again after it was healed" in json.dumps(sink.received[0])
+        assert runs.read_text().count("\n") == 1  # decided once: no second remediation
+        listed = await client.get("/incidents?active=1", headers=AUTH)
+        assert oid() in {i["id"] for i in (await listed.json())["incidents"]}

@@ -90,7 +90,7 @@ class AlertIntake:
     """What intake did with one alert of a notification."""
 
     occurrence_id: str
-    status: Literal["new", "deduplicated", "resolved", "resolved-unseen"]
+    status: Literal["new", "deduplicated", "resolved", "resolved-unseen", "reopened"]
     decisions: list[str] = field(default_factory=list)
 
 

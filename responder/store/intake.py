@@ -14,11 +14,12 @@ from typing import Any
 
 from responder.matching import RuleMatch
 from responder.payload import Alert, Notification
-from responder.policy import Policy, TrackDecision
+from responder.policy import Policy, TrackDecision, page_step
 from responder.rails import RailFacts, target_key
 from responder.store.base import (
     AlertIntake,
     IntakeResult,
+    Row,
     Tx,
     add_step,
     add_steps,
@@ -137,7 +138,8 @@ async def record(tx: Tx, job: IntakeJob) -> IntakeResult:
                               "nothing to remediate"})]
                 result.alerts.append(AlertIntake(oid, "resolved-unseen"))
                 continue
-        result.alerts.append(await _again(tx, oid, alert, detail, steps, now))
+        result.alerts.append(await _again(tx, oid, alert, occ, detail, steps, now, result,
+                                          paged_by))
     matched: list[tuple[str, Alert, list[RuleMatch | None]]] = []
     for oid, alert in new_firing:
         found: list[RuleMatch | None] = [*policy.matches(alert.labels)]
@@ -153,10 +155,13 @@ async def record(tx: Tx, job: IntakeJob) -> IntakeResult:
     return result
 
 
-async def _again(tx: Tx, oid: str, alert: Alert, detail: dict[str, Any], steps: list[Step],
-                 now: float) -> AlertIntake:
+async def _again(tx: Tx, oid: str, alert: Alert, seen: Row | None, detail: dict[str, Any],
+                 steps: list[Step], now: float, result: IntakeResult,
+                 paged_by: str | None) -> AlertIntake:
     """A notification about an occurrence already recorded."""
     if alert.status == "firing":
+        if seen is not None and seen["resolved_at"] is not None:
+            return await _reopen(tx, oid, detail, steps, now, result, paged_by)
         steps.append((oid, "deduplicated", detail))
         return AlertIntake(oid, "deduplicated")
     occ = await tx.fetchone(f"SELECT state, resolved_at, paged FROM occurrences WHERE id = ?"  # noqa: S608 - only constant dialect text is inserted
@@ -169,6 +174,40 @@ async def _again(tx: Tx, oid: str, alert: Alert, detail: dict[str, Any], steps: 
     await resolve_occurrence(tx, oid, str(occ["state"]), bool(occ["paged"]), now,
                              {**detail, "ends_at": ends})
     return AlertIntake(oid, "resolved")
+
+
+async def _reopen(tx: Tx, oid: str, detail: dict[str, Any], steps: list[Step], now: float,
+                  result: IntakeResult, paged_by: str | None) -> AlertIntake:
+    """The same alert (same startsAt) firing after its resolved notification: Alertmanager
+    resolves an alert Prometheus stopped sending for a while, then takes it back when it comes
+    again. It was decided once already, so a human is paged rather than a second decision
+    taken, and the occurrence is open again."""
+    occ = await tx.fetchone(f"SELECT state, resolved_at FROM occurrences WHERE id = ?"  # noqa: S608 - only constant dialect text is inserted
+                            f"{tx.for_update}", oid)
+    assert occ is not None
+    if occ["resolved_at"] is None:  # an HA copy reopened it first
+        steps.append((oid, "deduplicated", detail))
+        return AlertIntake(oid, "deduplicated")
+    was = str(occ["state"])
+    reason = (f"fired again after it was {was} (the same alert and startsAt): it was decided "
+              "once already, so a human is paged")
+    state = "paged" if paged_by else "paging"
+    await tx.execute("UPDATE occurrences SET resolved_at = NULL, ends_at = NULL, state = ?, "
+                     "updated_at = ? WHERE id = ?", state, now, oid)
+    steps.append((oid, "reopened", {**detail, "was": was, "reason": reason}))
+    if paged_by:
+        steps.append((oid, "paged", {"by": paged_by,
+                                     "reason": f"{reason}; {paged_by} paged the receivers"}))
+        return AlertIntake(oid, "reopened", ["paged"])
+    last = await tx.fetchone("SELECT MAX(attempt) AS n FROM work WHERE occurrence_id = ? "
+                             "AND track = 0 AND kind = 'page'", oid)
+    attempt = int(last["n"] or 0) + 1 if last else 1
+    await enqueue(tx, oid, 0, "page", attempt, {
+        "rule_index": None, "rule": "(reopened)", "steps": [page_step(reason)],
+        "reason": reason, "dry_run": False}, now)
+    result.work_queued += 1
+    steps.append((oid, "paging", {"reason": reason}))
+    return AlertIntake(oid, "reopened", ["paging"])
 
 
 async def _insert(tx: Tx, oid: str, alert: Alert, state: str, decision: list[dict[str, Any]],

@@ -220,7 +220,9 @@ class SqliteStore(Store):
         self._loop.call_soon_threadsafe(settle, results)
 
 
-_RECORDED = "SELECT id FROM occurrences WHERE id IN (SELECT value FROM json_each(?))"
+# Recorded and still open: a firing copy of a resolved occurrence reopens it (intake does).
+_RECORDED = ("SELECT id FROM occurrences WHERE id IN (SELECT value FROM json_each(?)) "
+             "AND resolved_at IS NULL")
 # The single writer thread is the only one inserting, so it can number the rows itself.
 _NEXT_NOTIFICATION = (
     "SELECT MAX(COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'notifications'), 0), "
