@@ -7,15 +7,18 @@ import contextlib
 import shutil
 import subprocess
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import asyncpg
 import pytest
+import yaml
 from prometheus_client.core import Metric
 
 from exporter.collectors.postgres import CustomSql, PostgresCollector
 from exporter.resources import open_pool
 from tests.servers import PostgresServer, start_postgres
 from tests.test_exporter_support import runbook, samples, scrape_text, serve, value
+from tests.test_render_rules import SINK, promtool_run, render_to
 
 
 def by_name(families: list[Metric]) -> dict[str, Metric]:
@@ -102,7 +105,7 @@ async def test_statements_top_n_and_missing_extension(postgres_server: PostgresS
         assert all(s.labels["queryid"] for s in top)
         mean = families["runbook_pg_statements_mean_seconds"].samples
         assert mean[0].value > 0
-        assert c.detail() == {}
+        assert c.detail() == {"part_errors": {}}
     finally:
         await pool.close()
 
@@ -112,7 +115,80 @@ async def test_statement_timeout_bounds_custom_queries(postgres_dsn: str) -> Non
     c = PostgresCollector("db", 5.0, pool=pool, queries=[
         CustomSql("slow", "SELECT pg_sleep(3) IS NULL AS v", "", "v", ())])
     try:
-        with pytest.raises(asyncpg.QueryCanceledError, match="statement timeout"):
+        families = by_name(await c.collect())
+    finally:
+        await pool.close()
+    assert "runbook_pg_query_slow" not in families
+    assert "statement timeout" in c.part_errors["query_slow"]
+    assert part_up(families) == {**dict.fromkeys(PARTS, 1.0), "query_slow": 0.0}
+    assert "runbook_pg_max_connections" in families
+
+
+PARTS = ("connections", "long_queries", "databases", "settings", "statements")
+
+
+def part_up(families: dict[str, Metric]) -> dict[str, float]:
+    return {s.labels["part"]: s.value for s in families["runbook_pg_part_up"].samples}
+
+
+async def test_a_failing_query_fails_only_its_part(postgres_dsn: str) -> None:
+    dbname = postgres_dsn.rsplit("/", 1)[1]
+    loaded = runbook(
+        "watch:\n  postgres:\n    - name: db\n      dsn_env: DB_DSN\n      queries:\n"
+        "        - {name: missing, sql: 'SELECT count(*) AS n FROM no_such_table', value: n}\n"
+        "        - {name: answer, sql: 'SELECT 42 AS n', value: n}\n"
+        "        - {name: misnamed, sql: 'SELECT 1 AS n', value: count}\n"
+        "        - {name: text, sql: \"SELECT 'abc' AS n\", value: n}\n")
+    async with serve(loaded, collectors=["postgres"], env={"DB_DSN": postgres_dsn}) as client:
+        found = samples(await scrape_text(client))
+        (row,) = (await (await client.get("/health/detail")).json())["collectors"]
+    # The server answered: the other parts report and the target is up.
+    assert value(found, "runbook_pg_up", target="db") == 1
+    assert row["up"] is True
+    assert value(found, "runbook_pg_query_answer", target="db") == 42
+    assert value(found, "runbook_pg_max_connections", target="db") == 200
+    assert value(found, "runbook_pg_database_size_bytes", target="db", datname=dbname) > 0
+    assert not any(name == "runbook_pg_query_missing" for name, _ in found)
+    assert value(found, "runbook_pg_part_up", target="db", part="query_missing") == 0
+    assert value(found, "runbook_pg_part_up", target="db", part="query_answer") == 1
+    assert value(found, "runbook_pg_part_up", target="db", part="databases") == 1
+    assert value(found, "runbook_pg_part_up", target="db", part="query_misnamed") == 0
+    assert value(found, "runbook_pg_part_up", target="db", part="query_text") == 0
+    assert row["part_errors"] == {
+        "query_missing": 'UndefinedTableError: relation "no_such_table" does not exist',
+        "query_misnamed": "QueryShapeError: the query returns no column 'count'",
+        "query_text": "QueryShapeError: column 'n' is not a number: could not convert string "
+                      "to float: 'abc'"}
+
+
+async def test_statements_in_a_schema_off_the_search_path(postgres_server: PostgresServer,
+                                                          postgres_dsn: str) -> None:
+    """Supabase creates the extension in `extensions`, not on the search_path; the schema's
+    name here also needs quoting."""
+    dbname = postgres_dsn.rsplit("/", 1)[1]
+    postgres_server.psql('CREATE SCHEMA "ext ""x"""', dbname)
+    postgres_server.psql('CREATE EXTENSION pg_stat_statements SCHEMA "ext ""x"""', dbname)
+    loaded = runbook("watch:\n  postgres:\n    - {name: db, dsn_env: DB_DSN}\n")
+    async with serve(loaded, collectors=["postgres"], env={"DB_DSN": postgres_dsn}) as client:
+        await scrape_text(client)
+        found = samples(await scrape_text(client))
+        (row,) = (await (await client.get("/health/detail")).json())["collectors"]
+    assert value(found, "runbook_pg_up", target="db") == 1
+    assert value(found, "runbook_pg_stat_statements_available", target="db") == 1
+    assert value(found, "runbook_pg_part_up", target="db", part="statements") == 1
+    assert value(found, "runbook_pg_statements_mean_seconds", target="db") > 0
+    assert any(name == "runbook_pg_statement_mean_seconds" for name, _ in found)
+    assert row["part_errors"] == {}
+    assert "pg_stat_statements" not in row
+
+
+async def test_a_lost_connection_is_pg_up_0(postgres_dsn: str) -> None:
+    """A FATAL error ends the session: the server did not answer, so it is not one part."""
+    pool = await open_pool(postgres_dsn, 5.0)
+    c = PostgresCollector("db", 5.0, pool=pool, queries=[
+        CustomSql("bye", "SELECT pg_terminate_backend(pg_backend_pid())::int AS v", "", "v", ())])
+    try:
+        with pytest.raises(asyncpg.PostgresError):
             await c.collect()
     finally:
         await pool.close()
@@ -216,3 +292,111 @@ async def test_only_real_templates_are_left_out(postgres_server: PostgresServer,
     sizes = {s.labels["datname"] for s in families["runbook_pg_database_size_bytes"].samples}
     assert named_like_a_template in sizes
     assert not sizes & {"template0", "template1"}
+
+
+async def test_blocks_are_counted_per_database(postgres_server: PostgresServer,
+                                               postgres_dsn: str) -> None:
+    """Summed over databases, the counters went backwards when one was dropped (a reset to
+    Prometheus); per datname each is a true counter and a dropped database's series just ends."""
+    dbname = postgres_dsn.rsplit("/", 1)[1]
+    gone = f"{dbname}_gone"
+    postgres_server.psql(f"CREATE DATABASE {gone}")
+    async with scratch(postgres_server, f"DATABASE {gone}"):
+        postgres_server.psql("SELECT count(*) FROM pg_class", gone)  # some blocks of its own
+        pool = await open_pool(postgres_dsn, 5.0)
+        try:
+            c = PostgresCollector("db", 5.0, pool=pool)
+            for _ in range(100):  # a backend's statistics arrive after it exits
+                before = blocks(by_name(await c.collect()))
+                if before.get(gone, 0.0) > 0:
+                    break
+                await asyncio.sleep(0.05)
+            postgres_server.psql(f"DROP DATABASE {gone} WITH (FORCE)")
+            after = blocks(by_name(await c.collect()))
+        finally:
+            await pool.close()
+    assert before[gone] > 0, before
+    assert gone not in after
+    assert after[dbname] >= before[dbname]
+
+
+def blocks(families: dict[str, Metric]) -> dict[str, float]:
+    """runbook_pg_blocks_hit_total by datname (each sample has one; read is alike)."""
+    assert families["runbook_pg_blocks_hit"].type == "counter"
+    assert families["runbook_pg_blocks_read"].type == "counter"
+    reads = {s.labels["datname"] for s in families["runbook_pg_blocks_read"].samples
+             if s.name.endswith("_total")}
+    hits = {s.labels["datname"]: s.value for s in families["runbook_pg_blocks_hit"].samples
+            if s.name.endswith("_total")}
+    assert set(hits) == reads
+    return hits
+
+
+def test_cache_hit_rule_sums_the_databases(promtool: str, tmp_path: Path) -> None:
+    """The rendered recording rule sums rate() over datname: a database dropped half-way
+    leaves the ratio of the others, not a reset."""
+    render_to(tmp_path, [SINK])
+    job = 'job="runbook-kitchen-sink",target="db"'
+    test = {
+        "rule_files": ["alert_rules/kitchen-sink.rules.yml"],
+        "evaluation_interval": "1m",
+        "tests": [{
+            "interval": "1m",
+            "input_series": [
+                # 3 hits and 1 read a second in each database; `old` is dropped at 30m.
+                {"series": f'runbook_pg_blocks_hit_total{{{job},datname="app"}}',
+                 "values": "0+180x60"},
+                {"series": f'runbook_pg_blocks_read_total{{{job},datname="app"}}',
+                 "values": "0+60x60"},
+                {"series": f'runbook_pg_blocks_hit_total{{{job},datname="old"}}',
+                 "values": "100000+180x30"},
+                {"series": f'runbook_pg_blocks_read_total{{{job},datname="old"}}',
+                 "values": "100000+60x30"},
+            ],
+            "promql_expr_test": [
+                {"expr": "kitchen_sink:db_cache_hit_rate:ratio", "eval_time": f"{t}m",
+                 "exp_samples": [{"labels": 'kitchen_sink:db_cache_hit_rate:ratio{target="db"}',
+                                  "value": 0.75}]}
+                for t in (20, 33, 45)
+            ],
+        }],
+    }
+    path = tmp_path / "blocks_test.yml"
+    path.write_text(yaml.safe_dump(test, sort_keys=False))
+    run = promtool_run(promtool, "test", "rules", path.name, cwd=tmp_path)
+    assert run.returncode == 0, run.stdout + run.stderr
+
+
+async def test_a_null_label_is_the_empty_label(postgres_dsn: str) -> None:
+    pool = await open_pool(postgres_dsn, 5.0)
+    c = PostgresCollector("db", 5.0, pool=pool, queries=[
+        CustomSql("jobs", "SELECT NULL::text AS queue, 3 AS n", "", "n", ("queue",))])
+    try:
+        families = by_name(await c.collect())
+    finally:
+        await pool.close()
+    # As Prometheus reads a missing label, not the text "None".
+    assert [(s.labels, s.value) for s in families["runbook_pg_query_jobs"].samples] == [
+        ({"target": "db", "queue": ""}, 3.0)]
+
+
+async def test_the_pools_other_connection_is_not_counted(quiet_postgres: PostgresServer) -> None:
+    """The exporter's pool holds up to 2 connections; neither is a client of the database."""
+    pool = await open_pool(quiet_postgres.dsn(), 5.0)
+    other = await asyncpg.connect(quiet_postgres.dsn())  # a client of the database, idle
+    try:
+        async with pool.acquire() as held:  # the pool's second connection, idle meanwhile
+            own = {held.get_server_pid(), other.get_server_pid()}
+            for _ in range(100):  # sessions of earlier tests may still be ending
+                left = await other.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'"
+                    " AND NOT pid = ANY($1::int[])", list(own))
+                if left == 0:
+                    break
+                await asyncio.sleep(0.05)
+            families = by_name(await PostgresCollector("db", 5.0, pool=pool).collect())
+    finally:
+        await other.close()
+        await pool.close()
+    states = {s.labels["state"]: s.value for s in families["runbook_pg_connections"].samples}
+    assert states == {"idle": 1.0}, states  # `other` only

@@ -7,7 +7,7 @@ import json
 import math
 import os
 import time
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -44,15 +44,24 @@ def plausible(seconds: float, now: float | None = None) -> float:
     return seconds
 
 
+def as_utc(moment: datetime) -> datetime:
+    """The datetime itself, or read as UTC when it has no offset. Such times come from
+    `datetime.utcnow().isoformat()` or a `timestamp without time zone` column, nearly always in
+    UTC; read in the exporter's local zone they would be hours off, or "in the future"."""
+    return moment if moment.utcoffset() is not None else moment.replace(tzinfo=UTC)
+
+
 def to_timestamp(value: Any, now: float | None = None) -> float:
     """Seconds since the epoch from a number (s, ms, µs or ns by its size), numeric text, ISO
-    text or a datetime; ValueError for NaN, infinity or a time in the future."""
+    text, a datetime or a date (one without an offset is UTC); ValueError for NaN, infinity or
+    a time in the future."""
     if value is None:
         return 0.0
     if isinstance(value, datetime):
-        return plausible(value.timestamp(), now)
+        return plausible(as_utc(value).timestamp(), now)
     if isinstance(value, date):
-        return plausible(datetime(value.year, value.month, value.day).timestamp(), now)
+        return plausible(datetime(value.year, value.month, value.day, tzinfo=UTC).timestamp(),
+                         now)
     if isinstance(value, bytes):
         value = value.decode()
     if isinstance(value, str):
@@ -61,7 +70,7 @@ def to_timestamp(value: Any, now: float | None = None) -> float:
             value = float(text)
         except ValueError:
             try:
-                stamp = datetime.fromisoformat(text).timestamp()
+                stamp = as_utc(datetime.fromisoformat(text)).timestamp()
             except ValueError:
                 raise ValueError(f"{text[:40]!r} is neither a unix time nor an ISO date") from None
             return plausible(stamp, now)
@@ -89,7 +98,12 @@ def dig(body: Any, dotted: str) -> Any:
 
 
 class FreshnessCollector(Collector):
-    """One freshness check; exactly one source is given."""
+    """One freshness check; exactly one source is given.
+
+    A file's stat runs in a worker thread, and while one is still running no other is started:
+    a thread stuck in stat (a hung NFS mount) cannot be stopped, so each scrape would leave one
+    more, until the default thread pool is full and every collector using it times out.
+    """
 
     kind = "freshness"
 
@@ -103,6 +117,7 @@ class FreshnessCollector(Collector):
         self.pool, self.sql = pool, sql
         self.file = file
         self.session, self.url, self.field = session, url, field
+        self._stat: asyncio.Task[os.stat_result] | None = None
 
     async def collect(self) -> list[Metric]:
         return [one(NAME, HELP, self.target, await self.read())]
@@ -114,14 +129,33 @@ class FreshnessCollector(Collector):
         if self.pool is not None and self.sql is not None:
             return to_timestamp(await self.pool.fetchval(self.sql))
         if self.file is not None:
-            try:
-                st = await asyncio.to_thread(os.stat, self.file)
-            except FileNotFoundError:
-                return 0.0
-            return plausible(st.st_mtime)
+            return await self._file_mtime(self.file)
         if self.session is not None and self.url is not None and self.field is not None:
             async with self.session.get(self.url) as response:
                 response.raise_for_status()
                 body = json.loads(await read_capped(response))
             return to_timestamp(dig(body, self.field))
         raise ValueError("a freshness check needs one source")
+
+    async def _file_mtime(self, path: str) -> float:
+        """The file's mtime, 0 when it does not exist; OSError while an earlier stat hangs."""
+        earlier = self._stat
+        if earlier is not None and not earlier.done():
+            raise OSError(f"the stat of {path} started by an earlier scrape is still running "
+                          "(a hung mount?)")
+        task = asyncio.create_task(asyncio.to_thread(os.stat, path))
+        self._stat = task
+        task.add_done_callback(_retrieve)
+        # asyncio.wait never cancels the stat: when the scrape's deadline cancels this read,
+        # the stat runs on, and the next scrape finds it busy instead of starting another.
+        await asyncio.wait({task})
+        try:
+            st = task.result()
+        except FileNotFoundError:
+            return 0.0
+        return plausible(st.st_mtime)
+
+
+def _retrieve(task: asyncio.Task[os.stat_result]) -> None:
+    if not task.cancelled():
+        task.exception()  # retrieved, so asyncio does not log an abandoned stat's error
