@@ -60,6 +60,12 @@ def alertname_for(key: str, below: bool) -> str:
     return camel(key) + ("Low" if below else "High")
 
 
+EXPORTER_DOWN = "RunbookExporterDown"
+COLLECTOR_DOWN = "RunbookCollectorDown"
+HEALTH_ALERTNAMES = (EXPORTER_DOWN, COLLECTOR_DOWN)
+"""The alerts every runbook's rules carry about its own exporter (runbook/render/rules.py)."""
+
+
 def slo_alertname(slo: Slo) -> str:
     """The alertname of an SLO's burn-rate alerts."""
     return camel(slo.name) + "ErrorBudgetBurn"

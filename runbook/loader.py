@@ -15,7 +15,13 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from runbook.actions import PLACEHOLDER
-from runbook.alerting import AlertProblem, ResolvedAlert, resolve, slo_alertname
+from runbook.alerting import (
+    HEALTH_ALERTNAMES,
+    AlertProblem,
+    ResolvedAlert,
+    resolve,
+    slo_alertname,
+)
 from runbook.matchers import Matcher, matchers_for, parse_matcher
 from runbook.schema import SEVERITIES, AlertSpec, RespondRule, Runbook, step_action
 from runbook.selectors import exporter_job, unscoped
@@ -226,6 +232,9 @@ def _cross_check(
         alerts.append(resolved)
     seen: dict[str, str] = {}
     for alert in alerts:
+        if alert.alertname in HEALTH_ALERTNAMES:
+            problems.append((("alerts", alert.key), f"alertname {alert.alertname} is the "
+                             "rendered rules' own alert about the exporter; choose another"))
         if alert.alertname in seen:
             problems.append((("alerts", alert.key), f"alertname {alert.alertname} is also used by "
                              f"alerts.{seen[alert.alertname]}; set alertname: to tell them apart"))
@@ -233,7 +242,7 @@ def _cross_check(
     problems.extend(_name_collisions(rb, alerts))
     problems.extend(_reserved_labels(rb))
     problems.extend(_unscoped_selectors(rb))
-    known_alertnames = set(seen) | {slo_alertname(s) for s in rb.slos}
+    known_alertnames = set(seen) | {slo_alertname(s) for s in rb.slos} | set(HEALTH_ALERTNAMES)
     redis_names = {t.name for t in rb.watch.redis}
     pg_names = {t.name for t in rb.watch.postgres}
 
@@ -271,15 +280,47 @@ def _cross_check(
         if fresh.postgres and fresh.postgres not in pg_names:
             problems.append((("watch", "freshness", i, "postgres"), _unknown_target(
                 fresh.postgres, pg_names, "watch.postgres")))
-    for section, names in (("http", [p.name for p in rb.watch.http]),
-                           ("redis", list(redis_names)), ("postgres", list(pg_names))):
-        targets = getattr(rb.watch, section)
-        if len({t.name for t in targets}) != len(targets):
-            problems.append((("watch", section), "target names must be unique"))
-        del names
+    problems.extend(_duplicate_names(rb))
     if problems:
         return None, problems
     return (tuple(alerts), tuple(rule_matchers)), problems
+
+
+# Why a name must be unique in its list, by section (default: _WHY_UNIQUE[""]).
+_WHY_UNIQUE = {
+    "": "it is the target label of the entry's series, so two would give duplicate series",
+    "logs": "it is the target label of the log's series and names its saved position, so two "
+            "would give duplicate series and two followers would share one state file",
+    "queries": "each query is the gauge runbook_pg_query_<name>, so two would give duplicate "
+               "series",
+}
+
+
+def _duplicate_names(rb: Runbook) -> Iterator[Problem]:
+    """An entry named like an earlier one of the same watch list. Every list of the watch
+    section is checked, found from the schema, so a section added later is checked too; and
+    each PostgreSQL target's custom queries."""
+    for section, entries in rb.watch:
+        if isinstance(entries, list):
+            yield from _repeated_names(entries, ("watch", section), _WHY_UNIQUE.get(
+                section, _WHY_UNIQUE[""]))
+    for i, pg in enumerate(rb.watch.postgres):
+        yield from _repeated_names(pg.queries, ("watch", "postgres", i, "queries"),
+                                   _WHY_UNIQUE["queries"])
+
+
+def _repeated_names(entries: list[Any], where: Path, why: str) -> Iterator[Problem]:
+    first: dict[str, int] = {}
+    for j, entry in enumerate(entries):
+        name = getattr(entry, "name", None)
+        if not isinstance(name, str):
+            continue
+        if name in first:
+            yield (*where, j, "name"), (
+                f"{name!r} is also the name of {format_path((*where, first[name]))}: names "
+                f"must be unique in {format_path(where)} ({why})")
+        else:
+            first[name] = j
 
 
 def _unscoped_selectors(rb: Runbook) -> Iterator[Problem]:

@@ -590,6 +590,14 @@ def test_custom_sli_reading_every_services_exporter(tmp_path: Path) -> None:
         """, (9, "slos[0].sli.errors", ("selects runbook_probe_requests_total without a job",)))
 
 
+def test_alertname_of_the_exporters_own_alert(tmp_path: Path) -> None:
+    check(tmp_path, """
+        service: api
+        alerts:
+          memory_usage: {alertname: RunbookExporterDown, warning: 80%, for: 5m}
+        """, (3, "alerts.memory_usage", ("RunbookExporterDown is the rendered rules' own alert",)))
+
+
 def test_bad_regex_in_log_patterns(tmp_path: Path) -> None:
     check(tmp_path, """
         service: api
@@ -638,6 +646,56 @@ def test_custom_query_label_listed_twice(tmp_path: Path) -> None:
               queries:
                 - {name: orders, sql: SELECT 1 AS n, value: n, labels: [kind, state, kind]}
         """, (7, "watch.postgres[0].queries[0].labels", ("'kind' is listed twice",)))
+
+
+def test_two_logs_with_one_name(tmp_path: Path) -> None:
+    check(tmp_path, """
+        service: api
+        watch:
+          logs:
+            - {name: app, path: /var/log/app.log, patterns: {error: ERROR}}
+            - {name: worker, path: /var/log/worker.log, patterns: {error: ERROR}}
+            - {name: app, path: /var/log/app-2.log, patterns: {error: ERROR}}
+        """, (6, "watch.logs[2].name", ("'app' is also the name of watch.logs[0]",
+                                        "must be unique in watch.logs", "one state file")))
+
+
+def test_two_freshness_checks_with_one_name(tmp_path: Path) -> None:
+    check(tmp_path, """
+        service: api
+        watch:
+          freshness:
+            - {name: backup, file: /var/backups/last}
+            - name: backup
+              file: /var/backups/other
+        """, (5, "watch.freshness[1].name", ("'backup' is also the name of watch.freshness[0]",
+                                             "duplicate series")))
+
+
+def test_every_watch_list_needs_unique_names(tmp_path: Path) -> None:
+    check(tmp_path, """
+        service: api
+        watch:
+          http:
+            - {name: health, url: "http://127.0.0.1:8080/health"}
+            - {name: health, url: "http://127.0.0.1:8081/health"}
+          redis:
+            - {name: main, url_env: REDIS_URL}
+            - {name: main, url_env: OTHER_REDIS_URL}
+          postgres:
+            - name: db
+              dsn_env: DB_DSN
+              queries:
+                - {name: orders, sql: SELECT 1 AS n, value: n}
+                - {name: orders, sql: SELECT 2 AS n, value: n}
+            - {name: db, dsn_env: OTHER_DSN}
+        """,
+          (5, "watch.http[1].name", ("'health' is also the name of watch.http[0]",)),
+          (8, "watch.redis[1].name", ("'main' is also the name of watch.redis[0]",)),
+          (14, "watch.postgres[0].queries[1].name", (
+              "'orders' is also the name of watch.postgres[0].queries[0]",
+              "runbook_pg_query_<name>")),
+          (15, "watch.postgres[1].name", ("'db' is also the name of watch.postgres[0]",)))
 
 
 def test_freshness_names_unknown_redis_target(tmp_path: Path) -> None:

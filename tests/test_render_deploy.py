@@ -279,3 +279,21 @@ def test_a_severity_with_an_env_url_webhook_is_paged_by_the_responder(amtool: st
     assert routes(amtool, config, {**base, "alertname": "MemoryUsageHigh",
                                    "severity": "warning"}) == \
         ["kitchen-sink-page-warning", "runbook-responder-paged"]
+
+
+def test_the_exporters_own_alerts_page_a_human(amtool: str, rendered: Path) -> None:
+    # No respond rule acts on them: the exporter down (critical) and one collector down
+    # (warning) go to the pagers of their severity, then to the responder for the audit.
+    config = rendered / "deploy" / "alertmanager.yml"
+    base = {"service": "kitchen-sink", "job": "runbook-kitchen-sink"}
+    assert routes(amtool, config, {**base, "alertname": "RunbookExporterDown",
+                                   "severity": "critical", "signal": "exporter"}) == \
+        ["kitchen-sink-page-critical", "runbook-responder-paged"]
+    assert routes(amtool, config, {**base, "alertname": "RunbookCollectorDown",
+                                   "severity": "warning", "signal": "collector"}) == \
+        ["kitchen-sink-page-warning", "runbook-responder-paged"]
+    rules = yaml.safe_load((rendered / "alert_rules" / "kitchen-sink.rules.yml").read_text())
+    exporter = next(g for g in rules["groups"] if g["name"] == "kitchen-sink.exporter")
+    assert [(r["alert"], r["expr"], r["for"]) for r in exporter["rules"]] == [
+        ("RunbookExporterDown", 'up{job="runbook-kitchen-sink"} == 0', "5m"),
+        ("RunbookCollectorDown", 'runbook_collector_up{job="runbook-kitchen-sink"} == 0', "10m")]

@@ -10,6 +10,7 @@ from runbook.alerting import slo_alertname
 from runbook.loader import LoadedRunbook
 from runbook.matchers import Matcher
 from runbook.render.expressions import BURN_RATES
+from runbook.render.rules import health_rules
 from runbook.render.timing import Timing, dur
 from runbook.render.yamlout import dump_yaml
 from runbook.schema import SEVERITIES, Receiver
@@ -44,7 +45,8 @@ class Delivery:
 
 
 def static_labels(loaded: LoadedRunbook) -> list[dict[str, str]]:
-    """The labels known before firing of every rule the runbook renders (tiers and SLOs)."""
+    """The labels known before firing of every rule the runbook renders (tiers, the exporter's
+    own health, SLOs)."""
     rb = loaded.runbook
     out = []
     for alert in loaded.alerts:
@@ -52,6 +54,8 @@ def static_labels(loaded: LoadedRunbook) -> list[dict[str, str]]:
             out.append({**rb.labels, **alert.select, "alertname": alert.alertname,
                         "severity": tier.severity, "service": rb.service, "signal": alert.key,
                         "tier": tier.severity})
+    for health in health_rules(loaded, Timing()):
+        out.append({**health.labels, "alertname": health.alertname})
     for slo in rb.slos:
         for severity, tier_name, _ in BURN_RATES:
             out.append({**rb.labels, "alertname": slo_alertname(slo), "severity": severity,

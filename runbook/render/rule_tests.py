@@ -25,7 +25,14 @@ from runbook.render.gotemplate import (
     humanize_duration,
     humanize_percentage,
 )
-from runbook.render.rules import SloRule, TierRule, slo_rules, tier_rules
+from runbook.render.rules import (
+    HealthRule,
+    SloRule,
+    TierRule,
+    health_rules,
+    slo_rules,
+    tier_rules,
+)
 from runbook.render.timing import Timing, dur
 from runbook.render.yamlout import dump_yaml
 from runbook.schema import Runbook
@@ -456,7 +463,29 @@ def rule_tests(loaded: LoadedRunbook, timing: Timing, rules_file: str) -> dict[s
             else timing.window()
         for rule in mine:
             tests.extend(_tier_tests(rb, mine, rule, interval, window))
+    tests.extend(_health_test(rb, h, interval) for h in health_rules(loaded, timing))
     return {"rule_files": [rules_file], "evaluation_interval": dur(interval), "tests": tests}
+
+
+def _health_test(rb: Runbook, rule: HealthRule, interval: float) -> dict[str, Any]:
+    """Up, then down past the rule's `for`, then up again: pending just before its `for`,
+    firing after it, clear on recovery."""
+    labels = {**scrape_labels(rb), **rule.extra}
+    before, hold = 5, max(1, math.ceil(rule.hold / interval))
+    down = hold + 3
+    values: list[float | None] = [*([1.0] * before), *([0.0] * down), *([1.0] * 3)]
+    alert_labels = {**labels, **rule.labels}
+    firing = [{"exp_labels": alert_labels,
+               "exp_annotations": {k: expand(t, alert_labels, 0.0)
+                                   for k, t in rule.annotations.items()}}]
+    checks = [(before + hold - 1, []), (before + hold, firing), (before + down, [])]
+    return {
+        "name": f"{rule.alertname}: pending before its `for`, fires after it, clears on recovery",
+        "interval": dur(interval),
+        "input_series": [{"series": _sel(rule.series, labels), "values": compress(values)}],
+        "alert_rule_test": [{"eval_time": dur(k * interval), "alertname": rule.alertname,
+                             "exp_alerts": expected} for k, expected in checks],
+    }
 
 
 def slo_eval_interval(timing: Timing) -> float:

@@ -5,13 +5,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from runbook.alerting import ResolvedAlert, Tier, slo_alertname
+from runbook.alerting import (
+    COLLECTOR_DOWN,
+    EXPORTER_DOWN,
+    ResolvedAlert,
+    Tier,
+    slo_alertname,
+)
 from runbook.commands.show import format_threshold
 from runbook.loader import LoadedRunbook
 from runbook.render import expressions as ex
 from runbook.render.timing import Timing, dur
 from runbook.render.yamlout import dump_yaml
 from runbook.schema import Slo
+from runbook.selectors import exporter_job
 from runbook.signals import Unit
 
 HUMANIZE = {Unit.RATIO: "humanizePercentage", Unit.SECONDS: "humanizeDuration",
@@ -76,6 +83,50 @@ def _annotations(loaded: LoadedRunbook, alert: ResolvedAlert, tier: Tier,
     if rb.runbook_url:
         notes["runbook_url"] = f"{rb.runbook_url}#{alert.key}"
     return notes
+
+
+@dataclass(frozen=True)
+class HealthRule:
+    """An alert about the runbook's own exporter: without it, an exporter that stops answering
+    makes every other alert read nothing and resolve, and remediations count as healed."""
+
+    alertname: str
+    series: str
+    """The metric the rule reads (with its job), and the one its promtool test feeds."""
+    extra: dict[str, str]
+    """Labels of that series besides job and instance."""
+    expr: str
+    hold: float
+    labels: dict[str, str]
+    annotations: dict[str, str]
+
+
+def health_rules(loaded: LoadedRunbook, timing: Timing) -> list[HealthRule]:
+    """The exporter cannot be scraped (critical, 5m); one collector cannot read (warning, 10m)."""
+    rb = loaded.runbook
+    job = exporter_job(rb)
+    base = {**rb.labels, "service": rb.service}
+    up = ex.exporter_selector(rb, "up")
+    collector_up = ex.exporter_selector(rb, "runbook_collector_up")
+    return [
+        HealthRule(
+            EXPORTER_DOWN, "up", {}, f"{up} == 0", timing.hold(300.0),
+            {**base, "severity": "critical", "signal": "exporter", "tier": "critical"},
+            {"summary": f"{rb.service}: its runbook exporter {{{{ $labels.instance }}}} cannot "
+                        "be scraped",
+             "description": f"Prometheus has failed to scrape job {job} for {dur(300.0)}: "
+                            f"every other alert of {rb.service} reads no data and resolves, "
+                            "so nothing of it is watched."}),
+        HealthRule(
+            COLLECTOR_DOWN, "runbook_collector_up", {"collector": "redis", "target": "main"},
+            f"{collector_up} == 0", timing.hold(600.0),
+            {**base, "severity": "warning", "signal": "collector", "tier": "warning"},
+            {"summary": f"{rb.service}: the exporter cannot read {{{{ $labels.collector }}}} "
+                        "{{ $labels.target }}",
+             "description": f"The {{{{ $labels.collector }}}} collector of {rb.service}'s "
+                            f"exporter has failed for {dur(600.0)}: the alerts on what it "
+                            "reads see no data (its error is in the exporter's /health/detail)."}),
+    ]
 
 
 def slo_rules(loaded: LoadedRunbook, timing: Timing) -> list[SloRule]:
@@ -143,6 +194,9 @@ def rule_groups(loaded: LoadedRunbook, timing: Timing) -> list[dict[str, Any]]:
             slo_entries.append({"alert": s.alertname, "expr": s.expr, "labels": s.labels,
                                 "annotations": s.annotations})
         groups.append(_group(f"{rb.service}.slo", slo_entries, timing))
+    groups.append(_group(f"{rb.service}.exporter", [
+        {"alert": h.alertname, "expr": h.expr, "for": dur(h.hold), "labels": h.labels,
+         "annotations": h.annotations} for h in health_rules(loaded, timing)], timing))
     return groups
 
 
