@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -502,3 +504,29 @@ def test_umbrella_responses() -> None:
     assert response(rb, "ErrorRateHigh", "high").mode == "page"
     assert response(rb, "LatencyP95High", "warning").mode == "page"
     assert rb.runbook.page["critical"][0].pagerduty is not None
+
+
+def test_scraper_success_rate_fires_when_nothing_succeeds(promtool: str, tmp_path: Path) -> None:
+    # Every run failing: the success series was never created, and the ratio must read 0 %.
+    rules = Path(__file__).resolve().parents[1] / "alert_rules" / "scraper.rules.yml"
+    labels = {"service": "scraper", "signal": "scraper_success_rate", "team": "scraper"}
+    test = {
+        "rule_files": [str(rules)], "evaluation_interval": "1m",
+        "tests": [{"interval": "1m",
+                   "input_series": [{"series": 'scraper_runs_total{status="failed"}',
+                                     "values": "0+10x40"}],
+                   "alert_rule_test": [{"eval_time": "30m", "alertname": "ScraperSuccessRateLow",
+                                        "exp_alerts": [
+                                            {"exp_labels": {**labels, "severity": s, "tier": s},
+                                             "exp_annotations": {
+                                                 "summary": f"scraper: scraper_success_rate "
+                                                            f"below {t}",
+                                                 "description": f"scraper_success_rate: 0%, "
+                                                                f"below the {s} threshold {t} "
+                                                                "for 5m."}}
+                                            for s, t in (("critical", "50%"), ("high", "80%"))]}]}],
+    }
+    (tmp_path / "t.yml").write_text(json.dumps(test))
+    result = subprocess.run([promtool, "test", "rules", "t.yml"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
