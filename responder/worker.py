@@ -18,6 +18,7 @@ import aiohttp
 
 from responder.actions.base import ActionContext, AlertView, Outcome, Status
 from responder.metrics import Metrics
+from responder.policy import Policy
 from responder.store import Store, StoreError, WorkItem
 from responder.store import work as ops
 from responder.store.retention import prune
@@ -117,6 +118,7 @@ class Worker:
         self.metrics = metrics
         self.config = config
         self.hooks = hooks or Hooks.discover(metrics.registry)
+        self.policy = Policy(loaded)
         self._wakes: list[asyncio.Event] = []
         self._stopping = False
         self._busy = 0
@@ -241,7 +243,8 @@ class Worker:
                 try:
                     outcomes, verdict, last = await self._execute(item)
                     await self.store.run(functools.partial(
-                        ops.complete, item=item, owner=self.config.owner, outcomes=outcomes,
+                        ops.complete, policy=self.policy, item=item, owner=self.config.owner,
+                        outcomes=outcomes,
                         still_firing=verdict, now=time.time(), last=last))
                 finally:
                     beat.cancel()

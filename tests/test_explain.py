@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import subprocess
@@ -137,7 +138,8 @@ async def test_each_matching_rule_reads_its_own_rails(tmp_path: Path) -> None:
     await store.close()
     (tmp_path / "rb.yml").write_text(text)
     (tmp_path / "alert.json").write_text(json.dumps({"labels": CRITICAL}))
-    done = subprocess.run(
+    done = await asyncio.to_thread(
+        subprocess.run,
         [RUNBOOK_BIN, "explain", str(tmp_path / "rb.yml"), str(tmp_path / "alert.json"),
          "--data-dir", str(tmp_path / "data")],
         capture_output=True, text=True, timeout=60, check=False)

@@ -200,7 +200,49 @@ async def test_resolved_while_the_run_is_held_stays_running_until_it_completes(
     gone = Notification.model_validate(body(alert("h1", status="resolved")))
     await store.run(lambda tx: intake(tx, gone, "{}", policy, time.time()))
     data = await store.run(lambda tx: get_incident(tx, oid))
-    assert data is not None and data["state"] == "running"
+    assert data is not None
+    assert data["state"] == "running"
     done = [{"action": "exec", "status": "ok", "output": ""}]
     state = await store.run(lambda tx: ops.complete(tx, item, "me", done, None, time.time()))
     assert state == "healed"
+
+
+async def test_a_retry_after_verification_passes_the_rails(store: Store) -> None:
+    # The first run is decided outside any maintenance window; by the time verification finds
+    # the alert still firing, a window has begun: the retry is stopped and a human paged.
+    from datetime import UTC, datetime
+
+    start = time.time()
+
+    def iso(at: float) -> str:
+        return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    rule = ("  - name: fix\n    match: {alertname: GaugeHigh}\n    external: true\n"
+            "    mode: auto\n    verify_after: 60s\n    max_attempts: 3\n"
+            "    do: [{exec: [/bin/true]}]\n")
+    window = (f"maintenance:\n  - name: upgrade\n    start: {iso(start + 30)}\n"
+              f"    end: {iso(start + 3600)}\n")
+    policy = Policy(load(rule, extra=window))
+    note = Notification.model_validate(body(alert("m1")))
+    result = await store.run(lambda tx: intake(tx, note, "{}", policy, start))
+    oid = result.alerts[0].occurrence_id
+    run = await store.run(lambda tx: ops.claim(tx, "me", start, 60.0))
+    assert run is not None
+    assert run.kind == "run"
+    done = [{"action": "exec", "status": "ok", "output": ""}]
+    assert await store.run(lambda tx: ops.complete(tx, run, "me", done, None, start + 1,
+                                                   policy=policy)) == "verifying"
+    verify = await store.run(lambda tx: ops.claim(tx, "me", start + 62, 60.0))
+    assert verify is not None
+    assert verify.kind == "verify"
+    state = await store.run(lambda tx: ops.complete(tx, verify, "me", [], True, start + 62,
+                                                    policy=policy))
+    assert state == "escalating"
+    data = await store.run(lambda tx: get_incident(tx, oid))
+    assert data is not None
+    rails = [s["detail"] for s in data["steps"] if s["kind"] == "rail" and s["detail"]["hit"]]
+    assert [r["rail"] for r in rails] == ["maintenance"]
+    escalated = next(s for s in data["steps"] if s["kind"] == "escalated")["detail"]
+    assert "rail maintenance stops a retry" in escalated["reason"]
+    kinds = [s["kind"] for s in data["steps"]]
+    assert "retry" not in kinds

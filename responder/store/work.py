@@ -6,9 +6,11 @@ import json
 from collections.abc import Collection
 from typing import Any
 
-from responder.policy import page_step
+from responder.matching import RuleMatch, rule_key
+from responder.policy import Policy, page_step
+from responder.rails import RailCheck, active_window, check_rails
 from responder.store.base import Row, Tx, WorkItem, add_step, add_steps
-from responder.store.intake import enqueue, record_run
+from responder.store.intake import enqueue, rail_facts, record_run
 
 OK_STATUSES = ("ok", "dry_run")
 PAGE_ATTEMPTS = 5
@@ -130,9 +132,11 @@ async def history(tx: Tx, occurrence: str) -> list[dict[str, Any]]:
 
 async def complete(tx: Tx, item: WorkItem, owner: str, outcomes: list[dict[str, Any]],
                    still_firing: bool | None, now: float,
-                   last: tuple[int, dict[str, Any]] | None = None) -> str:
+                   last: tuple[int, dict[str, Any]] | None = None,
+                   policy: Policy | None = None) -> str:
     """Finish a piece of work (and its last step, if given) and queue what follows; the
-    occurrence's new state."""
+    occurrence's new state. With the policy, a retry after a failed verification passes the
+    rails first, as the first run did."""
     if last is not None:
         # finish_step and the completion in one statement.
         changed = await tx.execute("UPDATE work SET status = 'done', in_step = 0, next_step = ? "
@@ -152,6 +156,11 @@ async def complete(tx: Tx, item: WorkItem, owner: str, outcomes: list[dict[str, 
             "reason": "the work was taken over after its lease ran out: its end is recorded, "
                       "nothing is queued from it"}, now)
         return str(late["state"]) if late else "unknown"
+    if policy is not None and item.kind == "verify" and \
+            item.attempt < int(item.plan.get("max_attempts", 1)):
+        # A retry may be decided below: the decision lock before the occurrence's row lock,
+        # in the order intake takes them, so the two never wait on each other.
+        await tx.lock_decisions()
     occ = await tx.fetchone(f"SELECT state, resolved_at, paged FROM occurrences WHERE id = ?"  # noqa: S608 - only constant dialect text is inserted
                             f"{tx.for_update}", item.occurrence_id)
     assert occ is not None
@@ -181,6 +190,13 @@ async def complete(tx: Tx, item: WorkItem, owner: str, outcomes: list[dict[str, 
             how = "the resolved notification" if resolved else "the alert source"
             return await _healed(tx, item, occ, now, f"not firing any more, by {how}")
         if item.attempt < int(plan.get("max_attempts", 1)):
+            stopped = await _retry_stopped(tx, policy, item, now) if policy else None
+            if stopped is not None:
+                await add_step(tx, oid, "rail", {"rule": plan.get("rule"), **stopped.as_json()},
+                               now)
+                return await escalate(tx, item, f"still firing {plan.get('verify_after')}s "
+                                      f"after attempt {item.attempt}, and rail {stopped.rail} "
+                                      f"stops a retry: {stopped.reason}", now)
             await enqueue(tx, oid, item.track, "run", item.attempt + 1, plan, now)
             await record_run(tx, str(plan.get("rule")), str(plan.get("target")), oid, now)
             return await _state(tx, oid, "queued", now, "retry",
@@ -226,6 +242,26 @@ async def _healed(tx: Tx, item: WorkItem, occ: Row, now: float, reason: str) -> 
     if occ["paged"]:
         await enqueue(tx, item.occurrence_id, 0, "resolve_page", 1, {"steps": []}, now)
     return await _state(tx, item.occurrence_id, "healed", now, "verified", {"reason": reason})
+
+
+async def _retry_stopped(tx: Tx, policy: Policy, item: WorkItem, now: float
+                         ) -> RailCheck | None:
+    """The first rail a retry hits, read under the decision lock as a decision is. Every rail
+    but the cooldown: the retry of the same occurrence is what max_attempts bounds, and it
+    always comes within the cooldown of the run it retries."""
+    rb = policy.loaded.runbook
+    index = item.plan.get("rule_index")
+    if not isinstance(index, int) or not 0 <= index < len(rb.respond) or \
+            rule_key(rb.respond[index], index) != item.plan.get("rule"):
+        return None  # the runbook changed since: the rule that queued this work is gone
+    rule = rb.respond[index]
+    await tx.lock_decisions()
+    facts = await rail_facts(tx, policy, RuleMatch(index, rule, rule_key(rule, index)),
+                             str(item.plan.get("target")), now)
+    labels = json.loads(str(item.occurrence["labels"]))
+    window = active_window(rb, labels, now)
+    return next((c for c in check_rails(rule, rb.rails, facts, now, window)
+                 if c.hit and c.rail != "cooldown"), None)
 
 
 async def escalate(tx: Tx, item: WorkItem, reason: str, now: float) -> str:
