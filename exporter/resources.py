@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING
 
 import aiohttp
 from redis.asyncio import Redis
+from redis.asyncio.connection import AbstractConnection
+from redis.exceptions import ResponseError
 
 from runbook.redis_tls import tls_options
 from runbook.schema import RedisTarget, Watch
@@ -41,6 +43,20 @@ class Resources:
                 await asyncio.wait_for(pool.close(), 2.0)
             pool.terminate()
         await self.session.close()
+
+
+CLIENT_NAME = "runbook-exporter"
+
+
+async def _connect_named(connection: AbstractConnection) -> None:
+    """redis-py's own connection set-up, then CLIENT SETNAME as a courtesy: the name lets an
+    operator spot the exporter in CLIENT LIST, but a monitoring user whose ACL lacks
+    +client|setname (or a server with CLIENT renamed) refuses it, and redis-py's client_name
+    would then fail every connection, so every Redis-backed collector."""
+    await connection.on_connect()
+    await connection.send_command("CLIENT", "SETNAME", CLIENT_NAME)
+    with contextlib.suppress(ResponseError):
+        await connection.read_response()
 
 
 def redis_url(target: RedisTarget, env: Mapping[str, str]) -> str:
@@ -77,7 +93,7 @@ async def open_resources(watch: Watch, env: Mapping[str, str] | None = None) -> 
             url = redis_url(target, env)
             resources.redis[target.name] = Redis.from_url(
                 url, socket_timeout=target.timeout, socket_connect_timeout=target.timeout,
-                client_name="runbook-exporter", **tls_options(url))
+                redis_connect_func=_connect_named, **tls_options(url))
         for pg in watch.postgres:
             resources.pools[pg.name] = await open_pool(env[pg.dsn_env], pg.timeout)
     except BaseException:

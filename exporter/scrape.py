@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 
-from exporter.collectors.base import Collector, NoData, RowFamily
+from exporter.collectors.base import COLLECT_DEADLINE, Collector, NoData, RowFamily
 
 # Taken off Prometheus' scrape timeout so the answer arrives before Prometheus gives up
 # (blackbox_exporter's --timeout-offset does the same).
@@ -105,7 +105,12 @@ class Scraper:
     async def _within(self, collector: Collector, budget: float) -> list[Metric]:
         """collect() within budget; a timed-out one is cancelled but not waited for, since a
         client's clean-up may itself hang (asyncpg cancelling a query on a stopped server)."""
-        task = asyncio.ensure_future(collector.collect())
+        # The task copies the context as it is created: collect() sees its own deadline.
+        token = COLLECT_DEADLINE.set(asyncio.get_running_loop().time() + budget)
+        try:
+            task = asyncio.ensure_future(collector.collect())
+        finally:
+            COLLECT_DEADLINE.reset(token)
         try:
             done, _ = await asyncio.wait({task}, timeout=budget)
         except asyncio.CancelledError:

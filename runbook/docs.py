@@ -39,7 +39,7 @@ NOTES: dict[str, str] = {
     "service": "the service's name: lowercase letters, digits, - and _; a label on every rule",
     "description": "what the service is, for people",
     "watch": "what the exporter collects; each target's name becomes the `target` label",
-    "watch.host.mounts": "mount points whose disk usage is measured",
+    "watch.host.mounts": "mount points whose disk usage is measured, each once",
     "watch.http[].name": "the probe's name (the `target` label), unique in the list",
     "watch.http[].url": "the URL probed with GET",
     "watch.http[].interval": "time between probes",

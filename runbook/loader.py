@@ -307,6 +307,14 @@ def _duplicate_names(rb: Runbook) -> Iterator[Problem]:
     for i, pg in enumerate(rb.watch.postgres):
         yield from _repeated_names(pg.queries, ("watch", "postgres", i, "queries"),
                                    _WHY_UNIQUE["queries"])
+    if rb.watch.host is not None:
+        first: dict[str, int] = {}
+        for j, mount in enumerate(rb.watch.host.mounts):
+            if mount in first:
+                yield ("watch", "host", "mounts", j), (
+                    f"{mount!r} is also watch.host.mounts[{first[mount]}]: each mount is "
+                    "listed once (it is the mount label of its series)")
+            first.setdefault(mount, j)
 
 
 def _repeated_names(entries: list[Any], where: Path, why: str) -> Iterator[Problem]:

@@ -370,6 +370,42 @@ async def test_redis_acl_user_from_url_env_and_no_secret_in_errors(redis_url: st
         admin.close()
 
 
+async def test_redis_acl_user_without_client_setname_still_works(redis_url: str) -> None:
+    """The exporter names its connections (CLIENT SETNAME) only where the ACL allows it: a
+    monitoring user without +client|setname gets every Redis-backed collector all the same."""
+    import redis as redis_sync
+
+    admin = redis_sync.Redis.from_url(redis_url)
+    reads = ["+info", "+ping", "+client|list", "+eval_ro", "+llen", "+zcard", "+hexists",
+             "+lindex", "+hget", "+scan", "+smembers", "+hlen", "+exists", "+scard", "+get"]
+    admin.acl_setuser("nameless", enabled=True, passwords=["+pw-1"], commands=reads,
+                      keys=["*"])
+    admin.acl_setuser("named", enabled=True, passwords=["+pw-2"],
+                      commands=[*reads, "+client|setname"], keys=["*"])
+    base = redis_url.removeprefix("redis://")
+    env = {"NAMELESS_URL": f"redis://nameless:pw-1@{base}",
+           "NAMED_URL": f"redis://named:pw-2@{base}"}
+    admin.set("cron:last", str(int(time.time())))
+    loaded = runbook(
+        "watch:\n  redis:\n"
+        "    - {name: nameless, url_env: NAMELESS_URL, queues: {rq: [q], bullmq: [b]}}\n"
+        "    - {name: named, url_env: NAMED_URL}\n"
+        "  freshness:\n    - {name: cron, redis: nameless, redis_key: 'cron:last'}\n")
+    try:
+        async with serve(loaded, collectors=["redis", "queues", "freshness"], env=env) as client:
+            found = samples(await scrape_text(client))
+            for collector, target in (("redis", "nameless"), ("queues", "nameless"),
+                                      ("freshness", "cron"), ("redis", "named")):
+                assert value(found, "runbook_collector_up", collector=collector,
+                             target=target) == 1, (collector, target)
+            names = {c["user"]: c["name"] for c in admin.client_list()}
+        assert names["named"] == "runbook-exporter"  # named where the ACL allows it
+        assert names["nameless"] == ""
+    finally:
+        admin.acl_deluser("nameless", "named")
+        admin.close()
+
+
 def _tls_files(directory: Path, san: str = "IP:127.0.0.1") -> tuple[Path, Path, Path]:
     """A CA and a server certificate for `san`, made with the openssl tool."""
     openssl = shutil.which("openssl") or "openssl"

@@ -7,13 +7,14 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
+from typing import NamedTuple
 
 import psutil
 import pytest
 from prometheus_client.core import Metric
 
 from exporter.collectors.host import DiskUsage, HostCollector
-from exporter.scrape import Scraper
+from exporter.scrape import Scraper, deadline_from_header
 
 GIB = 1024**3
 
@@ -121,6 +122,34 @@ def samples(families: list[Metric], name: str) -> dict[str, float]:
     return {s.labels["mount"]: s.value for s in family.samples}
 
 
+class Usage(NamedTuple):
+    """A statvfs reading as psutil.disk_usage gives it (total includes root's reserve)."""
+
+    total: int
+    used: int
+    free: int
+
+
+async def test_disk_size_leaves_out_root_reserved_blocks(tmp_path: Path) -> None:
+    """used/size is df's Use%: a mount with 60 GiB reserved for root, 39 GiB used and 61 GiB
+    free is 39 % full, not 39/160."""
+    proc = fake_proc(tmp_path)
+    reserved = Usage(total=160 * GIB, used=39 * GIB, free=61 * GIB)
+    c = HostCollector(mounts=("/data",), proc_root=str(proc),
+                      cgroup_root=str(tmp_path / "none"), disk_usage=lambda mount: reserved)
+    families = await c.collect()
+    used = samples(families, "runbook_host_disk_used_bytes")["/data"]
+    size = samples(families, "runbook_host_disk_size_bytes")["/data"]
+    assert size == 100 * GIB
+    assert used / size == pytest.approx(0.39)
+    # And on this machine's real root, the ratio is psutil's percent (what df shows).
+    c = HostCollector(proc_root=str(proc), cgroup_root=str(tmp_path / "none"))
+    families = await c.collect()
+    ratio = samples(families, "runbook_host_disk_used_bytes")["/"] \
+        / samples(families, "runbook_host_disk_size_bytes")["/"]
+    assert ratio * 100 == pytest.approx(psutil.disk_usage("/").percent, abs=1.0)
+
+
 async def test_a_missing_mount_is_flagged_and_the_rest_still_reported(tmp_path: Path) -> None:
     proc = fake_proc(tmp_path)
     gone = str(tmp_path / "unmounted")
@@ -189,8 +218,48 @@ async def test_a_hung_mount_does_not_hold_the_scrape_past_its_deadline(tmp_path:
     scraper = Scraper([c])
     try:
         started = time.perf_counter()
-        await scraper.scrape(0.2)
+        families = await scraper.scrape(0.2)
         assert time.perf_counter() - started < 1.0
-        assert not scraper.health[("host", "host")].up  # timed out, yet answered in time
+        # The disks got half of the 0.2 s, not half of the 10 s timeout: the rest arrived.
+        assert scraper.health[("host", "host")].up
+        assert samples(families, "runbook_host_disk_up") == {"/": 0.0}
+    finally:
+        probe.release.set()
+
+
+async def test_a_hung_mount_leaves_memory_and_cpu_within_a_1s_scrape_timeout(
+        tmp_path: Path) -> None:
+    """Prometheus' 1 s scrape timeout leaves the collector 0.5 s: the disk wait is half of that
+    (half of the collector's own 2 s timeout would outlast it and lose memory and CPU too)."""
+    proc = fake_proc(tmp_path)
+    probe = HangingProbe("/")
+    c = HostCollector(proc_root=str(proc), cgroup_root=str(tmp_path / "none"), disk_usage=probe)
+    assert c.timeout == 2.0
+    scraper = Scraper([c])
+    try:
+        started = time.perf_counter()
+        families = await scraper.scrape(deadline_from_header("1"))
+        took = time.perf_counter() - started
+        assert 0.2 <= took < 0.5  # waited for the disk about half of the 0.5 s it had
+        assert scraper.health[("host", "host")].up
+        names = {f.name for f in families}
+        assert {"runbook_host_memory_used_bytes", "runbook_host_cpu_seconds"} <= names
+        assert samples(families, "runbook_host_disk_up") == {"/": 0.0}
+        assert c.detail()["disk_errors"] == {"/": "timed out"}
+    finally:
+        probe.release.set()
+
+
+async def test_outside_a_scrape_the_disk_wait_is_half_the_collector_timeout(
+        tmp_path: Path) -> None:
+    proc = fake_proc(tmp_path)
+    probe = HangingProbe("/")
+    c = HostCollector(timeout=0.4, proc_root=str(proc), cgroup_root=str(tmp_path / "none"),
+                      disk_usage=probe)
+    try:
+        started = time.perf_counter()
+        families = await c.collect()
+        assert 0.15 <= time.perf_counter() - started < 0.4
+        assert samples(families, "runbook_host_disk_up") == {"/": 0.0}
     finally:
         probe.release.set()

@@ -9,12 +9,14 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from exporter.collectors.freshness import MAX_SKEW, dig, to_timestamp
-from exporter.collectors.http import MAX_BODY, buckets_with, json_holds
+from exporter.collectors.http import MAX_BODY, HttpProbeCollector, buckets_with, json_holds
+from exporter.scrape import Scraper
 from tests.test_exporter_support import runbook, samples, scrape_text, serve, value
 
 
@@ -40,6 +42,13 @@ async def service() -> AsyncIterator[tuple[str, dict[str, object]]]:
                 await response.write(b"x" * 65536)
         return response
 
+    async def deep(request: web.Request) -> web.Response:
+        # 100,000 nested arrays: 200 KB, under the body limit, past json's recursion limit.
+        if state.get("deep"):
+            return web.Response(body=b"[" * 100_000 + b"]" * 100_000,
+                                content_type="application/json")
+        return web.json_response({"status": "healthy"})
+
     async def declared(request: web.Request) -> web.Response:
         # A Content-Length over the limit: refused before reading a byte of the body.
         return web.Response(body=b" " * (MAX_BODY + 1), content_type="application/json")
@@ -49,6 +58,7 @@ async def service() -> AsyncIterator[tuple[str, dict[str, object]]]:
     app.router.add_get("/heartbeat", heartbeat)
     app.router.add_get("/endless", endless)
     app.router.add_get("/declared", declared)
+    app.router.add_get("/deep", deep)
     server = TestServer(app)
     await server.start_server()
     yield str(server.make_url("")), state
@@ -107,6 +117,56 @@ async def test_probe_timeout_counts_as_failure(service: tuple[str, dict[str, obj
         assert value(found, "runbook_probe_requests_total", target="slow", result="failure") >= 1
         assert value(found, "runbook_probe_duration_seconds_bucket", target="slow",
                      le="0.1") == 0
+
+
+async def test_any_error_of_a_probe_is_a_failed_probe_and_probing_goes_on(
+        service: tuple[str, dict[str, object]]) -> None:
+    base, state = service
+    loaded = runbook(f"watch:\n  http:\n    - {{name: api, url: '{base}/deep',"
+                     " interval: 50ms, timeout: 1s, expect_json: {status: healthy}}\n")
+    async with serve(loaded, collectors=["http"]) as client:
+        await asyncio.sleep(0.2)
+        found = samples(await scrape_text(client))
+        assert value(found, "runbook_probe_up", target="api") == 1
+        state["deep"] = True  # json.loads raises RecursionError, not a ValueError
+        await asyncio.sleep(0.3)
+        found = samples(await scrape_text(client))
+        assert value(found, "runbook_probe_up", target="api") == 0
+        assert value(found, "runbook_probe_consecutive_failures", target="api") >= 2
+        assert value(found, "runbook_probe_requests_total", target="api", result="failure") >= 2
+        detail = (await (await client.get("/health/detail")).json())["collectors"][0]
+        assert detail["probe_error"].startswith("RecursionError: ")
+        state["deep"] = False
+        await asyncio.sleep(0.3)
+        found = samples(await scrape_text(client))
+        assert value(found, "runbook_probe_up", target="api") == 1  # the loop lived on
+        assert value(found, "runbook_collector_up", collector="http", target="api") == 1
+
+
+async def test_a_probe_loop_that_ended_fails_the_collector_instead_of_freezing(
+        service: tuple[str, dict[str, object]]) -> None:
+    """Should the background task end all the same, the scrape says so (collector up 0)
+    instead of repeating the last probe's values for ever."""
+    base, _ = service
+    async with aiohttp.ClientSession() as session:
+        c = HttpProbeCollector("api", f"{base}/health", session=session, interval=0.05)
+
+        async def broken() -> None:
+            raise RuntimeError("a bug outside the probe's own error handling")
+
+        c.probe_once = broken  # type: ignore[method-assign]
+        scraper = Scraper([c])
+        await c.start()
+        try:
+            await asyncio.sleep(0.1)
+            families = {f.name: f for f in await scraper.scrape(1.0)}
+            health = scraper.health[("http", "api")]
+            assert not health.up
+            assert "background task probe-api ended" in str(health.last_error)
+            assert "a bug outside" in str(health.last_error)
+            assert "runbook_probe_up" not in families
+        finally:
+            await c.close()
 
 
 def test_buckets_hold_thresholds_exactly() -> None:

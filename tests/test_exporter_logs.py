@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
 
 from exporter.collectors.logs import POLL_BYTES, LogCollector, LogFollower
+from tests.servers import free_port
+from tests.test_exporter_support import samples, value
 
 PATTERNS = {"error": r"\bERROR\b", "timeout": "ECONNREFUSED|timed out"}
 
@@ -116,6 +124,23 @@ async def test_collector_reports_counters(log: Path, tmp_path: Path) -> None:
         await c.close()
 
 
+async def test_a_poll_loop_ended_by_an_unexpected_error_fails_the_collector(
+        log: Path, tmp_path: Path) -> None:
+    c = LogCollector("app", str(log), PATTERNS, interval=0.01)
+
+    def broken() -> bool:
+        raise RuntimeError("not an OSError")
+
+    c.follower.poll = broken  # type: ignore[method-assign]
+    await c.start()
+    try:
+        await asyncio.sleep(0.1)
+        with pytest.raises(RuntimeError, match="background task logs-app ended: RuntimeError"):
+            await c.collect()
+    finally:
+        await c.close()
+
+
 def test_lines_end_at_newline_only(log: Path, tmp_path: Path) -> None:
     f = follower(log, tmp_path)
     with log.open("ab") as handle:
@@ -212,3 +237,119 @@ async def test_collector_reads_a_backlog_without_waiting_an_interval_per_poll(
         assert c.follower.counts == {"error": lines, "timeout": lines}
     finally:
         await c.close()
+
+
+def _open_descriptors_of(path: Path) -> list[str]:
+    """This process's descriptors open on the file (a deleted one reads '... (deleted)')."""
+    fds = Path("/proc/self/fd")
+    out = []
+    for fd in fds.iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:  # the descriptor listdir itself used, closed since
+            continue
+        if target.removesuffix(" (deleted)") == str(path):
+            out.append(target)
+    return out
+
+
+def test_a_deleted_log_is_read_to_its_end_then_closed(log: Path, tmp_path: Path) -> None:
+    f = follower(log, tmp_path)
+    with log.open("a") as writer:  # the app, still writing after the file was deleted
+        writer.write("ERROR one\n")
+        writer.flush()
+        f.poll()
+        log.unlink()
+        writer.write("ERROR written after the delete\n")
+        writer.flush()
+        assert _open_descriptors_of(log) == [f"{log} (deleted)", f"{log} (deleted)"]
+        f.poll()  # reads what is left, then lets the file go
+        assert f.counts["error"] == 2
+        assert _open_descriptors_of(log) == [f"{log} (deleted)"]  # the writer's only
+    assert _open_descriptors_of(log) == []  # nothing holds its blocks any more
+    f.poll()
+    log.write_text("ERROR in a new file\n")
+    f.poll()
+    assert f.counts["error"] == 3
+
+
+def test_a_log_renamed_away_stays_open_until_its_successor_appears(
+        log: Path, tmp_path: Path) -> None:
+    """Rotation by rename (an app reopening on SIGHUP): the old file still has a name and may
+    still be written, so it is finished when the new file appears, not closed in the gap."""
+    f = follower(log, tmp_path)
+    with log.open("a") as writer:
+        os.rename(log, log.with_suffix(".log.1"))
+        f.poll()  # the path is gone for a moment
+        writer.write("ERROR written to the old file in the gap\n")
+        writer.flush()
+    log.write_text("ERROR in the new file\n")
+    f.poll()
+    f.poll()
+    assert f.counts["error"] == 2
+
+
+# Root reads any file whatever its mode: the exporter runs without the capabilities that
+# allow it (as root still, so the interpreter under /root stays reachable).
+AS_UNPRIVILEGED = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--"] \
+    if os.geteuid() == 0 else []
+
+
+def _get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - a loopback URL
+        return str(response.read().decode())
+
+
+@pytest.mark.skipif(os.geteuid() == 0 and shutil.which("setpriv") is None,
+                    reason="root without setpriv reads every file")
+def test_an_unreadable_log_at_start_is_up_0_and_followed_once_readable(tmp_path: Path) -> None:
+    locked = tmp_path / "locked.log"
+    locked.write_text("ERROR written before the exporter started\n")
+    locked.chmod(0)
+    fine = tmp_path / "fine.log"
+    fine.write_text("")
+    (tmp_path / "rb.yml").write_text(
+        "service: api\nwatch:\n  logs:\n"
+        f"    - {{name: locked, path: '{locked}', patterns: {{error: ERROR}}}}\n"
+        f"    - {{name: fine, path: '{fine}', patterns: {{error: ERROR}}}}\n")
+    port = free_port()
+    exporter = subprocess.Popen(
+        [*AS_UNPRIVILEGED, sys.executable, "-m", "exporter", "--runbook",
+         str(tmp_path / "rb.yml"), "--collectors", "logs", "--listen", f"127.0.0.1:{port}"],
+        cwd=Path(__file__).parents[1], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, text=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            assert exporter.poll() is None, exporter.communicate()[1]  # it must not exit
+            with contextlib.suppress(OSError):
+                found = samples(_get(base + "/metrics"))
+                break
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert value(found, "runbook_collector_up", collector="logs", target="locked") == 0
+        assert value(found, "runbook_collector_up", collector="logs", target="fine") == 1
+        row = next(r for r in json.loads(_get(base + "/health/detail"))["collectors"]
+                   if r["target"] == "locked")
+        assert "PermissionError" in row["follow_error"]
+        assert "PermissionError" in row["last_error"]
+        with locked.open("a") as f:
+            f.write("ERROR written while it could not be read\n")
+        locked.chmod(0o644)
+        append(locked, "ERROR written once readable\n")
+        # Retried by the poll loop, and followed from where the file ended when the exporter
+        # started: both lines written since are counted, the one before is not.
+        deadline = time.monotonic() + 10
+        while True:
+            found = samples(_get(base + "/metrics"))
+            with contextlib.suppress(KeyError):
+                if value(found, "runbook_log_lines_total", target="locked", pattern="error") >= 2:
+                    break
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert value(found, "runbook_collector_up", collector="logs", target="locked") == 1
+        assert value(found, "runbook_log_lines_total", target="locked", pattern="error") == 2
+    finally:
+        exporter.terminate()
+        exporter.wait(10)

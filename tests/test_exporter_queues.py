@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import shutil
+import signal
 import subprocess
+import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -244,6 +248,60 @@ async def test_rq_pipelined_reads_the_same(redis_url: str) -> None:
     await client.aclose()
 
 
+def _rq_workers_one_killed(url: str, queue: str) -> None:
+    """Two workers on an empty queue: one registered with rq's API and left alive, one a real
+    `rq worker` process killed with SIGKILL once registered. The killed one never unregisters,
+    so its key stays in rq:workers:<queue> after its rq:worker:<name> hash expires (worker_ttl
+    + 60 s after its last heartbeat: PEXPIRE stands in for that wait). The queue holds no job,
+    so no work horse outlives the worker."""
+    from rq import Queue, Worker
+
+    conn = redis_sync.Redis.from_url(url)
+    Worker([Queue(queue, connection=conn)], connection=conn,
+           name="alive").register_birth()  # type: ignore[no-untyped-call]
+    key = "rq:worker:killed"
+    worker = subprocess.Popen(
+        [str(Path(sys.executable).with_name("rq")), "worker", "--url", url, "--name", "killed",
+         "--worker-ttl", "2", queue],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        while not conn.exists(key):
+            assert worker.poll() is None, "rq worker exited"
+            assert time.monotonic() < deadline, "rq worker did not register"
+            time.sleep(0.05)
+    finally:
+        worker.send_signal(signal.SIGKILL)
+        worker.wait(10)
+    conn.pexpire(key, 1)
+    while conn.exists(key):
+        time.sleep(0.01)
+    assert conn.smembers(f"rq:workers:{queue}") == {b"rq:worker:alive", key.encode()}
+    conn.close()
+
+
+@pytest.mark.parametrize("use_script", [True, False], ids=["script", "pipelined"])
+async def test_a_killed_rq_worker_is_not_counted_once_its_key_expired(
+        redis_url: str, use_script: bool) -> None:
+    from rq import Queue, Worker
+
+    # RQ workers install signal handlers: rq's API in the main thread only.
+    _rq_workers_one_killed(redis_url, "reports")
+    conn = redis_sync.Redis.from_url(redis_url)
+    alive = [w.name for w in Worker.all(queue=Queue("reports", connection=conn))]
+    assert alive == ["alive"]  # rq itself no longer sees the killed one
+    conn.close()
+    client = Redis.from_url(redis_url)
+    try:
+        c = QueuesCollector("jobs", 2.0, client=client, rq=["reports"], use_script=use_script)
+        families, seen = await read_only_scrape(redis_url, c)
+        workers = next(f for f in families if f.name == "runbook_queue_workers")
+        assert [s.value for s in workers.samples] == [1.0]
+        assert Watcher(redis_url).write_commands(seen) == []
+    finally:
+        await client.aclose()
+
+
 async def test_many_queues_span_several_script_calls(redis_url: str) -> None:
     client = Redis.from_url(redis_url)
     for i in range(1, 7):
@@ -385,6 +443,46 @@ async def test_a_user_refused_scan_or_dbsize_gets_every_queue_probed(redis_url: 
         assert listed == probed
         assert listed["mail"].depth == 2
         assert listed["idle"].paused == 1
+    finally:
+        await limited.aclose()
+        await admin.execute_command("ACL", "DELUSER", user)
+        await admin.aclose()
+
+
+async def test_discovery_refused_scan_keeps_the_configured_queues(
+        redis_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    """discover: true under an ACL without SCAN: the configured queues are read all the same,
+    rq:queues (no SCAN needed) still finds RQ's, and the refusal is logged and in the detail."""
+    from rq import Queue
+
+    _rq_fill(redis_url)  # RQ workers install signal handlers: main thread only
+    conn = redis_sync.Redis.from_url(redis_url)
+    Queue("reports", connection=conn).enqueue(fine)  # registered in rq:queues by RQ itself
+    conn.close()
+    admin = Redis.from_url(redis_url)
+    user = "rbap-no-scan"
+    await admin.execute_command("ACL", "SETUSER", user, "on", ">secret", "~*", "&*", "+@all",
+                                "-scan")
+    limited = Redis.from_url(redis_url, username=user, password="secret")
+    try:
+        c = QueuesCollector("jobs", 2.0, client=limited, rq=["default"], celery=["mail"],
+                            discover=True)
+        caplog.set_level(logging.WARNING, logger="exporter.queues")
+        for _ in range(2):
+            found = {f.name: f for f in await c.collect()}
+            depth = {(s.labels["kind"], s.labels["queue"]): s.value
+                     for s in found["runbook_queue_depth"].samples}
+            assert depth == {("rq", "default"): 2.0, ("celery", "mail"): 0.0,
+                             ("rq", "reports"): 1.0}
+            c._discovered_at = None  # the next collect discovers again
+        logged = [r.getMessage() for r in caplog.records if r.name == "exporter.queues"]
+        assert len(logged) == 1  # logged when it starts, not at every round
+        assert "discovery refused" in logged[0]
+        error = str(c.detail()["discovery_error"])
+        assert "bullmq: " in error
+        assert "celery: " in error
+        assert "no permissions to run the 'scan' command" in error
+        assert "rq: " not in error
     finally:
         await limited.aclose()
         await admin.execute_command("ACL", "DELUSER", user)

@@ -698,6 +698,19 @@ def test_every_watch_list_needs_unique_names(tmp_path: Path) -> None:
           (15, "watch.postgres[1].name", ("'db' is also the name of watch.postgres[0]",)))
 
 
+def test_a_mount_listed_twice(tmp_path: Path) -> None:
+    check(tmp_path, """
+        service: api
+        watch:
+          host:
+            mounts:
+              - /
+              - /data
+              - /
+        """, (7, "watch.host.mounts[2]", ("'/' is also watch.host.mounts[0]",
+                                          "listed once")))
+
+
 def test_freshness_names_unknown_redis_target(tmp_path: Path) -> None:
     check(tmp_path, """
         service: api

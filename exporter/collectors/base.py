@@ -6,6 +6,7 @@ import abc
 import asyncio
 import contextlib
 from collections.abc import Coroutine, Hashable, Iterable, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -19,6 +20,11 @@ from prometheus_client.samples import Sample
 
 class NoData(Exception):
     """The source answered but has nothing to give (e.g. an extension not installed)."""
+
+
+COLLECT_DEADLINE: ContextVar[float | None] = ContextVar("collect_deadline", default=None)
+"""The event-loop time by which the collect() running in this context must have answered; the
+scrape wrapper sets it from the scrape's deadline (see Collector.deadline)."""
 
 
 class Collector(abc.ABC):
@@ -47,6 +53,14 @@ class Collector(abc.ABC):
     def detail(self) -> dict[str, object]:
         """Extra facts for /health/detail (e.g. a probe's last error)."""
         return {}
+
+    def deadline(self) -> float:
+        """The event-loop time by which this collect() must answer: the one the scrape gave
+        (its deadline capped by this collector's timeout), else `timeout` from now. A collector
+        splitting its time (the host's disk probes) splits this, as a scrape's deadline may be
+        far shorter than the collector's own timeout."""
+        given = COLLECT_DEADLINE.get()
+        return given if given is not None else asyncio.get_running_loop().time() + self.timeout
 
     @abc.abstractmethod
     async def collect(self) -> list[Metric]:
@@ -157,9 +171,24 @@ class BackgroundTask:
     def start(self, work: Coroutine[Any, Any, None], name: str) -> None:
         self._task = asyncio.create_task(work, name=name)
 
+    def check(self) -> None:
+        """Raise if the task ended by itself (a bug, an error nothing caught): the collector
+        reporting from what the task keeps then fails its scrape (collector up 0, the reason
+        in /health/detail) instead of repeating the task's last values for ever."""
+        task = self._task
+        if task is None or not task.done():
+            return
+        if task.cancelled():
+            raise RuntimeError(f"background task {task.get_name()} ended: cancelled")
+        exc = task.exception()
+        reason = "returned" if exc is None else f"{type(exc).__name__}: {exc}"
+        raise RuntimeError(f"background task {task.get_name()} ended: {reason}")
+
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            # A task that ended by an error was reported by check() at scrape time; raising
+            # it here would stop the exporter's shutdown from closing everything else.
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
             self._task = None

@@ -17,8 +17,8 @@ from exporter.collectors.base import Collector, counter, gauge
 
 # cgroup v1 writes a huge page-aligned number when there is no memory limit.
 _V1_UNLIMITED = 1 << 62
-# The share of the collector's timeout the disk probes may take, so that memory and CPU
-# still arrive when a mount hangs (a stale NFS mount blocks statvfs for minutes).
+# The share of the time the scrape gives the collector that the disk probes may take, so that
+# memory and CPU still arrive when a mount hangs (a stale NFS mount blocks statvfs for minutes).
 _DISK_SHARE = 0.5
 
 
@@ -29,7 +29,7 @@ class DiskUsage(Protocol):
     def used(self) -> int: ...
 
     @property
-    def total(self) -> int: ...
+    def free(self) -> int: ...
 
 
 DiskProbe = Callable[[str], DiskUsage]
@@ -72,7 +72,10 @@ class HostCollector(Collector):
         return {"disk_errors": dict(self._disk_errors)}
 
     async def collect(self) -> list[Metric]:
-        wait_until = asyncio.get_running_loop().time() + self.timeout * _DISK_SHARE
+        # A share of the scrape's actual deadline, not of self.timeout: with a 1 s scrape
+        # timeout, half of a 2 s timeout would outlast the scrape and lose memory and CPU too.
+        now = asyncio.get_running_loop().time()
+        wait_until = now + max(0.0, self.deadline() - now) * _DISK_SHARE
         probes = {mount: self._probe(mount) for mount in self.mounts}
         s = await asyncio.to_thread(self.read)
         usages = await self._usages(probes, wait_until)
@@ -96,14 +99,19 @@ class HostCollector(Collector):
                    ("target", "mount"))
         used = gauge("runbook_host_disk_used_bytes", "Bytes used on the mount",
                      ("target", "mount"))
-        size = gauge("runbook_host_disk_size_bytes", "Size of the mount in bytes",
-                     ("target", "mount"))
+        # Size is used + free (space available to unprivileged users), as df's Use% and
+        # psutil's percent count it: statvfs' total also holds the blocks reserved for root
+        # (5 % by default on ext4, often far more), which no application can fill, so
+        # used/total would read well below df and the disk alerts would fire late or never.
+        size = gauge("runbook_host_disk_size_bytes",
+                     "Usable size of the mount in bytes: used + free to unprivileged users "
+                     "(root-reserved blocks left out, as df's Use% does)", ("target", "mount"))
         for mount in self.mounts:
             usage = usages.get(mount)
             up.add_metric([self.target, mount], 0.0 if usage is None else 1.0)
             if usage is not None:
                 used.add_metric([self.target, mount], float(usage.used))
-                size.add_metric([self.target, mount], float(usage.total))
+                size.add_metric([self.target, mount], float(usage.used + usage.free))
         return [up, used, size]
 
     def _probe(self, mount: str) -> asyncio.Task[DiskUsage] | None:

@@ -172,8 +172,11 @@ class HttpProbeCollector(Collector):
                         error = f"JSON body does not hold {self.expect_json}"
         except TimeoutError:
             error = f"timed out after {self.probe_timeout:g}s"
-        except (aiohttp.ClientError, OSError, ValueError) as exc:
-            error = f"{type(exc).__name__}: {exc}"
+        except Exception as exc:
+            # Any error is a failed probe, not only the expected ones (ClientError, OSError, a
+            # bad body's ValueError): e.g. RecursionError from a deeply nested JSON body would
+            # otherwise end the probe loop, and runbook_probe_up would keep its last value.
+            error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         elapsed = time.perf_counter() - started
         s.observe(elapsed)
         s.status = float(status)
@@ -192,6 +195,7 @@ class HttpProbeCollector(Collector):
                 "consecutive_failures": s.consecutive_failures, "probe_error": s.last_error}
 
     async def collect(self) -> list[Metric]:
+        self._background.check()  # never report a dead loop's last probe as current
         s, t = self.state, self.target
         up = gauge("runbook_probe_up", "1 if the last probe met its expectations", ("target",))
         up.add_metric([t], s.up)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
+import logging
 import os
 import re
 import threading
@@ -23,6 +25,8 @@ POLL_BYTES = 4 << 20
 # The head of the file is what tells a new file from the old one under the same inode
 # (ext4 and tmpfs reuse a freed inode at once; copytruncate keeps it).
 HEAD_BYTES = 128
+
+log = logging.getLogger("exporter.logs")
 
 
 @dataclass
@@ -63,15 +67,34 @@ class LogFollower:
         self._head_len = 0
         self._lock = threading.Lock()
         self._closed = False
+        self._started = False
+        """Whether open_at_start got through; until then each poll tries it again."""
+        self._unreadable_at: Position | None = None
+        """The file's inode and size when it first could not be opened: once it can, lines
+        appended since are counted (without it, they would be skipped as old)."""
         self.last_error: str | None = None
 
     def open_at_start(self) -> None:
-        """Resume at the saved position when it is the same file; else start at its end."""
-        saved = self._load()
+        """Resume at the saved position when it is the same file; else start at its end.
+        Raises OSError where the file cannot be read (e.g. permission denied): poll() then
+        tries again, so the file is followed from where it would have been once it can be."""
+        with self._lock:
+            self._start()
+
+    def _start(self) -> None:
+        saved = self._load() or self._unreadable_at
         try:
             f = self._open()
         except FileNotFoundError:
+            self._started = True  # a file created later is all new: poll reads it from its start
             return
+        except OSError:
+            if self._unreadable_at is None:
+                # stat needs no read permission on the file itself.
+                with contextlib.suppress(OSError):
+                    st = self.path.stat()
+                    self._unreadable_at = Position(st.st_ino, st.st_size)
+            raise
         size = os.fstat(f.fileno()).st_size
         if saved is None:
             self._offset = size
@@ -80,6 +103,7 @@ class LogFollower:
         # else a different file (rotated while we were down) or a truncated one: all of it is new.
         self._remember_head()
         self._save()
+        self._started = True
 
     def _is_saved_file(self, f: BinaryIO, saved: Position) -> bool:
         if saved.inode != self._inode:
@@ -124,13 +148,24 @@ class LogFollower:
         with self._lock:
             if self._closed:
                 return False
+            if not self._started:
+                self._start()  # raises OSError again while the file stays unreadable
             return self._poll()
 
     def _poll(self) -> bool:
         try:
             st = self.path.stat()
         except FileNotFoundError:
-            return self._file is not None and self._drain()
+            if self._file is None:
+                return False
+            more = self._drain()
+            # Deleted (no name left anywhere): what is left was read, so close it, else this
+            # descriptor alone would keep the file's blocks allocated for ever. A file renamed
+            # away by rotation still has a name and may still be written until the new one
+            # appears (an app reopening on SIGHUP): it stays open and is finished then.
+            if not more and os.fstat(self._file.fileno()).st_nlink == 0:
+                self._close()
+            return more
         if self._file is None:
             self._open()
         elif st.st_ino != self._inode:
@@ -228,7 +263,14 @@ class LogCollector(Collector):
         self._background = BackgroundTask()
 
     async def start(self) -> None:
-        await asyncio.to_thread(self.follower.open_at_start)
+        try:
+            await asyncio.to_thread(self.follower.open_at_start)
+        except OSError as exc:
+            # One unreadable log (permission denied) must not stop the exporter: this log is
+            # up 0 with the reason in /health/detail, and the poll loop tries it again.
+            self.follower.last_error = f"{type(exc).__name__}: {exc}"
+            log.warning("log %s: cannot read %s yet, trying again every poll: %s", self.target,
+                        self.follower.path, self.follower.last_error)
         self._background.start(self._loop(), f"logs-{self.target}")
 
     async def close(self) -> None:
@@ -252,6 +294,7 @@ class LogCollector(Collector):
         return {"path": str(self.follower.path), "follow_error": self.follower.last_error}
 
     async def collect(self) -> list[Metric]:
+        self._background.check()  # a poll loop ended by an unexpected error: up 0, not frozen
         if self.follower.last_error is not None:
             raise OSError(self.follower.last_error)
         family = counter("runbook_log_lines", "Log lines matching the pattern",

@@ -123,6 +123,19 @@ for q = 1, #celery do
     c[q] = rc('LLEN', name) + rc('LLEN', p3) + rc('LLEN', p6) + rc('LLEN', p9)
   end
 end
+-- RQ's live workers of a queue: members of rq:workers:NAME whose rq:worker:... hash still
+-- exists. A worker killed with SIGKILL never removes itself from the set; only its hash
+-- expires (worker_ttl + 60 s after its last heartbeat), and rq's Worker.all() skips such
+-- members, so SCARD would count the dead for ever. EXISTS with many keys counts those present,
+-- called per 1000 so unpack stays far below Lua's stack limit.
+local function live_workers(set)
+  local members = rc('SMEMBERS', set)
+  local live = 0
+  for i = 1, #members, 1000 do
+    live = live + rc('EXISTS', unpack(members, i, math.min(i + 999, #members)))
+  end
+  return live
+end
 for q = 1, #rq do
   local name = rq[q]
   local key, wip, failed, deferred, scheduled, finished, canceled, workers = 'rq:queue:' .. name,
@@ -136,7 +149,7 @@ for q = 1, #rq do
     if oldest then stamp = rc('HGET', 'rq:job:' .. oldest, 'enqueued_at') or '' end
     r[q] = {rc('LLEN', key), rc('ZCARD', wip), rc('ZCARD', failed), rc('ZCARD', deferred),
             rc('ZCARD', scheduled), rc('ZCARD', finished), rc('ZCARD', canceled),
-            rc('SCARD', workers), stamp}
+            live_workers(workers), stamp}
   end
 end
 return cjson.encode({b = b, c = c, r = r, unacked = rc('HLEN', 'unacked'),

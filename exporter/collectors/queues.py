@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -36,6 +37,8 @@ PRIORITY_STEP = 2.0 ** 32
 _BULLMQ_EMPTY = dict.fromkeys(BULLMQ_COLUMNS, 0.0)
 _RQ_EMPTY = dict.fromkeys(RQ_COLUMNS, 0.0)
 
+log = logging.getLogger("exporter.queues")
+
 
 @dataclass
 class QueueReading:
@@ -52,6 +55,9 @@ class QueueReading:
     # and the score where a BullMQ queue's lowest priority begins (None: one priority in use).
     oldest_jobs: tuple[str, ...] = field(default=(), compare=False)
     lowest_level: float | None = field(default=None, compare=False)
+    # RQ, pipelined reads only: the members of rq:workers:<queue>, counted once their
+    # rq:worker:<name> hashes are checked (see _rq_live_workers).
+    worker_keys: tuple[str, ...] = field(default=(), compare=False)
 
 
 @dataclass
@@ -89,6 +95,8 @@ class QueuesCollector(Collector):
         self.discovered: dict[str, list[str]] = {"bullmq": [], "celery": [], "rq": []}
         self._discovered_at: float | None = None
         self._scans: dict[str, _ScanCycle] = {}
+        self.discovery_error: str | None = None
+        """Why the last discovery round could not ask a source (e.g. an ACL refusing SCAN)."""
         self.workers_refused: str | None = None
         """Why CLIENT LIST was refused at the last scrape (ACL, renamed), if it was."""
         self.unacked: float | None = None
@@ -109,6 +117,8 @@ class QueuesCollector(Collector):
         out: dict[str, object] = {}
         if self.discover:
             out["discovery_complete"] = self.discovery_complete
+        if self.discovery_error is not None:
+            out["discovery_error"] = self.discovery_error
         if self.workers_refused is not None:
             out["workers"] = f"left out: CLIENT LIST refused ({self.workers_refused})"
         return out
@@ -129,12 +139,38 @@ class QueuesCollector(Collector):
 
     async def discover_queues(self) -> dict[str, list[str]]:
         """Queues the libraries registered: rq:queues, kombu bindings, BullMQ meta keys (those
-        the SCAN cycles in progress found so far, and those of the last full cycles)."""
+        the SCAN cycles in progress found so far, and those of the last full cycles).
+
+        A source the server refuses (an ACL without SCAN, a renamed command) keeps what it
+        found before and is reported (log, /health/detail): failing the whole scrape would
+        lose the configured queues too. Other errors (Redis down) are the scrape's failure."""
+        sources: dict[str, Callable[[], Awaitable[list[str]]]] = {
+            "rq": self._discover_rq, "bullmq": self._discover_bullmq,
+            "celery": self._discover_celery}
+        found = dict(self.discovered)
+        errors = []
+        for kind, source in sources.items():
+            try:
+                found[kind] = await source()
+            except ResponseError as exc:
+                errors.append(f"{kind}: {exc}")
+        error = "; ".join(errors) or None
+        if error is not None and error != self.discovery_error:
+            log.warning("queues %s: discovery refused, reading the configured queues and those "
+                        "found before: %s", self.target, error)
+        self.discovery_error = error
+        return found
+
+    async def _discover_rq(self) -> list[str]:
         rq_keys: set[Any] = await self.client.smembers("rq:queues")  # type: ignore[misc]
-        rq = sorted(_text(k).removeprefix("rq:queue:") for k in rq_keys)
+        return sorted(_text(k).removeprefix("rq:queue:") for k in rq_keys)
+
+    async def _discover_bullmq(self) -> list[str]:
         bull_meta = await self._scan(f"{_glob_escape(self.prefix)}:*:meta")
         head, tail = len(self.prefix) + 1, len(":meta")
-        bullmq = sorted({k[head:-tail] for k in bull_meta})
+        return sorted({k[head:-tail] for k in bull_meta})
+
+    async def _discover_celery(self) -> list[str]:
         celery: set[str] = set()
         bindings = [k for k in await self._scan(f"{_glob_escape(CELERY_BINDING_PREFIX)}*")
                     if k.removeprefix(CELERY_BINDING_PREFIX) not in CELERY_INTERNAL_EXCHANGES]
@@ -147,7 +183,7 @@ class QueuesCollector(Collector):
                     parts = _text(member).split(CELERY_SEP)
                     if len(parts) == 3 and parts[2]:
                         celery.add(parts[2])
-        return {"bullmq": bullmq, "celery": sorted(celery), "rq": rq}
+        return sorted(celery)
 
     async def _scan(self, match: str) -> list[str]:
         # SCAN in bounded steps: never KEYS, never more than scan_max_calls round trips. A key
@@ -278,8 +314,8 @@ class QueuesCollector(Collector):
             for state, key in RQ_REGISTRIES.items():
                 pipe.zcard(key + name)
                 plan.append((r, state))
-            pipe.scard("rq:workers:" + name)
-            plan.append((r, ":workers"))
+            pipe.smembers("rq:workers:" + name)
+            plan.append((r, ":worker_keys"))
             pipe.lindex("rq:queue:" + name, 0)
             plan.append((r, ":oldest"))
         extra = 0
@@ -308,8 +344,22 @@ class QueuesCollector(Collector):
                 r.workers = serving_of(r.queue, unserved)
             elif r.kind == "rq":
                 r.paused = 1.0 if suspended else 0.0
+        await self._rq_live_workers(readings)
         await self._oldest(readings)
         return readings
+
+    async def _rq_live_workers(self, readings: Iterable[QueueReading]) -> None:
+        """RQ workers whose rq:worker:<name> hash still exists, as the script counts them: a
+        worker killed with SIGKILL stays in rq:workers:<queue> after its hash expired (rq's
+        Worker.all() skips it). One more round trip, one EXISTS per queue with workers."""
+        asked = [r for r in readings if r.worker_keys]
+        if not asked:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        for r in asked:
+            pipe.exists(*r.worker_keys)
+        for r, live in zip(asked, await pipe.execute(), strict=True):
+            r.workers = float(live)
 
     def _workers(self, reply: Any) -> dict[str, float] | None:
         """Workers per BullMQ queue from CLIENT LIST's reply; None where it was refused (an
@@ -472,8 +522,9 @@ def _fill(plan: list[tuple[QueueReading, str]], replies: Sequence[Any]) -> list[
                 r.oldest_jobs += (_text(job),)
                 if r.lowest_level is not None and score >= r.lowest_level:
                     r.lowest_level = None  # one priority in use: its first job is this one
-        elif what == ":workers":
-            r.workers = float(value)
+        elif what == ":worker_keys":
+            r.worker_keys = tuple(_text(k) for k in value)
+            r.workers = 0.0  # until _rq_live_workers counts the members still alive
         elif what == ":depth":
             r.depth += float(value)
         else:
