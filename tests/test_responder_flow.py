@@ -396,3 +396,18 @@ async def test_firing_again_after_resolved_reopens_and_pages(store: Store, tmp_p
         assert runs.read_text().count("\n") == 1  # decided once: no second remediation
         listed = await client.get("/incidents?active=1", headers=AUTH)
         assert oid() in {i["id"] for i in (await listed.json())["incidents"]}
+
+
+async def test_an_escalation_that_pages_itself_pages_once_and_says_why(store: Store,
+                                                                      tmp_path: Path) -> None:
+    argv = json.dumps(["/bin/false"])
+    rule = (f"  - name: gauge\n    match: {{alertname: GaugeHigh}}\n    external: true\n"
+            f"    mode: auto\n    cooldown: 0s\n    do: [{{exec: {argv}}}]\n"
+            "    escalate: [{page: {severity: critical, message: 'restart did not help'}}]\n")
+    async with page_sink() as (sink, url), responder(load(rule, url), store) as client:
+        await post(client, body())
+        # "escalated" once the escalation work, every page of it, has run.
+        await wait_state(client, oid(), "escalated", within=20)
+        assert len(sink.received) == 1, sink.received
+        message = sink.received[0]["message"]
+        assert message.startswith("restart did not help (the remediation did not succeed")

@@ -267,7 +267,17 @@ async def _retry_stopped(tx: Tx, policy: Policy, item: WorkItem, now: float
 async def escalate(tx: Tx, item: WorkItem, reason: str, now: float) -> str:
     """Queue the rule's escalation steps followed by a page saying what was tried."""
     plan = item.plan
-    steps = [*plan.get("escalate", []), page_step(reason)]
+    steps = [dict(step) for step in plan.get("escalate", [])]
+    own = [step for step in steps if step.get("action") == "page"]
+    if own:
+        # The rule pages in its escalation already: its last page says why too, instead of a
+        # second page telling the same human the same incident.
+        params = dict(own[-1].get("params") or {})
+        message = params.get("message")
+        params["message"] = f"{message} ({reason})" if message else reason
+        own[-1]["params"] = params
+    else:
+        steps.append(page_step(reason))
     await enqueue(tx, item.occurrence_id, item.track, "escalate", item.attempt,
                   {**plan, "steps": steps, "reason": reason}, now)
     return await _state(tx, item.occurrence_id, "escalating", now, "escalated",
