@@ -411,3 +411,24 @@ async def test_an_escalation_that_pages_itself_pages_once_and_says_why(store: St
         assert len(sink.received) == 1, sink.received
         message = sink.received[0]["message"]
         assert message.startswith("restart did not help (the remediation did not succeed")
+
+
+async def test_a_page_track_leaves_the_state_to_the_remediation_beside_it(
+        store: Store, tmp_path: Path) -> None:
+    ran = tmp_path / "runs.txt"
+    rules = ("  - name: tell\n    match: {alertname: GaugeHigh}\n    external: true\n"
+             "    mode: page\n    continue: true\n" + auto_rule(ran))
+    async with page_sink() as (sink, url), responder(load(rules, url), store) as client:
+        sink.delay = 1.0  # the page ends after the remediation
+        await post(client, body())
+        data = await wait_state(client, oid(), "acted")
+        for _ in range(200):  # the page track finishes on its own
+            if "paged" in kinds(await incident(client, oid())):
+                break
+            await asyncio.sleep(0.05)
+        data = await incident(client, oid())
+        assert "paged" in kinds(data)
+        assert len(sink.received) == 1
+        assert data["state"] == "acted"
+        await post(client, body(alert(status="resolved")))
+        await wait_state(client, oid(), "healed")

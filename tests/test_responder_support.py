@@ -85,9 +85,12 @@ class PageSink:
     def __init__(self) -> None:
         self.received: list[dict[str, Any]] = []
         self.status = 200
+        self.delay = 0.0
+        """Seconds each answer waits (a slow receiver)."""
 
     async def handle(self, request: web.Request) -> web.Response:
         self.received.append(await request.json())
+        await asyncio.sleep(self.delay)
         return web.Response(status=self.status)
 
 

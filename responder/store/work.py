@@ -13,6 +13,9 @@ from responder.store.base import Row, Tx, WorkItem, add_step, add_steps
 from responder.store.intake import enqueue, rail_facts, record_run
 
 OK_STATUSES = ("ok", "dry_run")
+# States in which a remediation track of the occurrence is under way or awaiting its end (an
+# approval still waiting is not: "paged" says more until someone answers it).
+_ACTING = frozenset({"queued", "running", "verifying", "acted", "escalating"})
 PAGE_ATTEMPTS = 5
 PAGE_BACKOFF = 10.0
 
@@ -220,6 +223,10 @@ async def complete(tx: Tx, item: WorkItem, owner: str, outcomes: list[dict[str, 
         if resolved:
             return await _state(tx, oid, "resolved", now, "closed",
                                 {"reason": "the alert resolved"})
+        # A page track beside a remediation (a `continue` rule) leaves the occurrence's state
+        # to the remediation: "paged" over "verifying" would end it as resolved, not healed.
+        current = str(occ["state"])
+        keep = current if item.kind == "page" and current in _ACTING else None
         if not paged and item.attempt < PAGE_ATTEMPTS:
             # Nobody was told: try the page again later rather than give up on the human.
             delay = PAGE_BACKOFF * 2 ** (item.attempt - 1)
@@ -227,10 +234,10 @@ async def complete(tx: Tx, item: WorkItem, owner: str, outcomes: list[dict[str, 
             await enqueue(tx, oid, item.track, "page", item.attempt + 1,
                           {**plan, "steps": steps or [page_step(str(plan.get("reason")))]},
                           now + delay)
-            return await _state(tx, oid, "paging", now, "page_retry",
+            return await _state(tx, oid, keep or "paging", now, "page_retry",
                                 {"attempt": item.attempt + 1, "in_seconds": delay})
         final = ("escalated" if item.kind == "escalate" else "paged") if paged else "page_failed"
-        return await _state(tx, oid, final, now, final, {"work": item.id})
+        return await _state(tx, oid, keep or final, now, final, {"work": item.id})
     # resolve_page
     await add_step(tx, oid, "page_resolved", {"outcomes": outcomes}, now)
     return str(occ["state"])
