@@ -92,7 +92,8 @@ NOTES: dict[str, str] = {
     "respond[].mode": "auto runs the actions, approve waits for a person, page only pages",
     "respond[].dry_run": "record what would run without running it",
     "respond[].cooldown": "no second run for the same alert and target within this time",
-    "respond[].max_attempts": "runs per alert occurrence before escalating",
+    "respond[].max_attempts": "runs per alert occurrence before escalating (each retry passes "
+                              "the rails again, all but the cooldown)",
     "respond[].verify_after": "still firing this long after the actions: escalate",
     "respond[].continue": "also try the rules after this one",
     "page": "severity -> receivers; `default` for severities not listed",

@@ -7,8 +7,12 @@ import re
 from runbook.schema import Runbook
 
 _QUOTED = re.compile(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|`[^`]*`')
+# Label lists (`by (…)`, `on (…)`, …) name labels, not metrics.
+_LABEL_LIST = re.compile(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)")
 _SELECTOR = re.compile(r"(?<![A-Za-z0-9_:])(runbook_[A-Za-z0-9_:]*)\s*(\{[^}]*\})?")
-_JOB = re.compile(r"(?:^|[{,\s])job\s*(?:=|!=|=~|!~)")
+# Only a positive matcher scopes a selector to one job: job!="x" still reads every other one.
+_JOB = re.compile(r"(?:^|[{,\s])job\s*(?:=~|=)(?!~)")
+_NAMED = re.compile(r"\{[^}]*__name__\s*=~?\s*\"(runbook_[A-Za-z0-9_:]*)\"[^}]*\}")
 
 
 def exporter_job(rb: Runbook) -> str:
@@ -22,9 +26,13 @@ def unscoped(expr: str) -> list[str]:
     Every service's exporter publishes the same names (runbook_pg_up{target="main"}), so in one
     Prometheus such a selector also reads the other services' series, and fires on them.
     """
-    # Label values may hold anything, "runbook_" and braces too: blank them out first.
-    text = _QUOTED.sub('""', expr)
     found = []
+    # {__name__="runbook_x"} names the metric in a label value: read before values are blanked.
+    for match in _NAMED.finditer(expr):
+        if not _JOB.search(_QUOTED.sub('""', match.group(0))) and match.group(1) not in found:
+            found.append(match.group(1))
+    # Label values may hold anything, "runbook_" and braces too: blank them out first.
+    text = _LABEL_LIST.sub("", _QUOTED.sub('""', expr))
     for match in _SELECTOR.finditer(text):
         name, braces = match.group(1), match.group(2) or ""
         if not _JOB.search(braces) and name not in found:

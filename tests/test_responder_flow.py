@@ -374,30 +374,6 @@ async def test_a_page_never_waits_behind_slow_remediations(store: Store, tmp_pat
         assert (await incident(client, oid("slow")))["state"] == "running"
 
 
-async def test_firing_again_after_resolved_reopens_and_pages(store: Store, tmp_path: Path) -> None:
-    runs = tmp_path / "runs.txt"
-    async with page_sink() as (sink, url), \
-            responder(load(auto_rule(runs), url), store) as client:
-        assert (await post(client, body(alert()))).status == 200
-        await wait_state(client, oid(), "acted")
-        assert (await post(client, body(alert(status="resolved")))).status == 200
-        await wait_state(client, oid(), "healed")
-        # Alertmanager takes the alert back: same fingerprint, same startsAt, firing. Sent
-        # twice, as resends and HA copies come.
-        for _ in range(2):
-            answer = await post(client, body(alert()))
-            assert answer.status == 200
-        data = await wait_state(client, oid(), "paged")
-        assert kinds(data).count("reopened") == 1
-        reopened = next(s for s in data["steps"] if s["kind"] == "reopened")["detail"]
-        assert reopened["was"] == "healed"
-        assert len(sink.received) == 1
-        assert "fired again after it was healed" in json.dumps(sink.received[0])
-        assert runs.read_text().count("\n") == 1  # decided once: no second remediation
-        listed = await client.get("/incidents?active=1", headers=AUTH)
-        assert oid() in {i["id"] for i in (await listed.json())["incidents"]}
-
-
 async def test_an_escalation_that_pages_itself_pages_once_and_says_why(store: Store,
                                                                       tmp_path: Path) -> None:
     argv = json.dumps(["/bin/false"])
@@ -432,3 +408,31 @@ async def test_a_page_track_leaves_the_state_to_the_remediation_beside_it(
         assert data["state"] == "acted"
         await post(client, body(alert(status="resolved")))
         await wait_state(client, oid(), "healed")
+        # And when the alert heals while the page is still being sent, it stays healed.
+        sink.delay = 2.0
+        await post(client, body(alert("fp2")))
+        await wait_state(client, oid("fp2"), "acted")
+        await post(client, body(alert("fp2", status="resolved")))
+        await wait_state(client, oid("fp2"), "healed")
+        for _ in range(200):
+            if "paged" in kinds(await incident(client, oid("fp2"))):
+                break
+            await asyncio.sleep(0.05)
+        data = await incident(client, oid("fp2"))
+        assert "paged" in kinds(data)
+        assert data["state"] == "healed"
+
+
+async def test_an_escalation_paging_another_severity_keeps_the_page_with_the_reason(
+        store: Store, tmp_path: Path) -> None:
+    argv = json.dumps(["/bin/false"])
+    rule = (f"  - name: gauge\n    match: {{alertname: GaugeHigh}}\n    external: true\n"
+            f"    mode: auto\n    cooldown: 0s\n    do: [{{exec: {argv}}}]\n"
+            "    escalate: [{page: {severity: warning, message: 'FYI: restart failed'}}]\n")
+    async with page_sink() as (sink, url), responder(load(rule, url), store) as client:
+        await post(client, body())  # a critical alert
+        await wait_state(client, oid(), "escalated", within=20)
+        messages = [p["message"] for p in sink.received]
+        assert messages[0] == "FYI: restart failed"
+        assert messages[1].startswith("the remediation did not succeed")
+        assert len(messages) == 2

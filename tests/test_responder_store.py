@@ -246,3 +246,63 @@ async def test_a_retry_after_verification_passes_the_rails(store: Store) -> None
     assert "rail maintenance stops a retry" in escalated["reason"]
     kinds = [s["kind"] for s in data["steps"]]
     assert "retry" not in kinds
+
+
+async def _work(store: Store, oid: str, kind: str) -> list[tuple[int, str]]:
+    rows = await store.run(lambda tx: tx.fetchall(
+        "SELECT attempt, status FROM work WHERE occurrence_id = ? AND kind = ? ORDER BY attempt",
+        oid, kind))
+    return [(int(r["attempt"]), str(r["status"])) for r in rows]
+
+
+async def test_firing_again_after_resolved_reopens_pages_and_resolves_again(
+        store: Store) -> None:
+    policy = Policy(load(PAGE_RULE))
+    t0 = time.time()
+
+    async def notify(status: str, at: float, fp: str = "p1") -> list[str]:
+        note = Notification.model_validate(body(alert(fp, status=status)))
+        result = await store.run(lambda tx: intake(tx, note, "{}", policy, at))
+        return [a.status for a in result.alerts]
+
+    async def page_sent(at: float) -> None:
+        item = await store.run(lambda tx: ops.claim(tx, "me", at, 60.0))
+        assert item is not None
+        assert item.kind == "page"
+        sent = [{"action": "page", "status": "ok", "output": ""}]
+        assert await store.run(lambda tx: ops.complete(tx, item, "me", sent, None, at)) == \
+            "paged"
+
+    assert await notify("firing", t0) == ["new"]
+    await page_sent(t0 + 1)
+    assert await notify("resolved", t0 + 10) == ["resolved"]
+    oid = next(iter(await store.run(lambda tx: tx.fetchall("SELECT id FROM occurrences"))))["id"]
+    # Within a minute of the resolve, a firing copy is one sent before it.
+    assert await notify("firing", t0 + 20) == ["deduplicated"]
+    # Alertmanager took the alert back: the same alert, the same startsAt, firing again.
+    assert await notify("firing", t0 + 100) == ["reopened"]
+    data = await store.run(lambda tx: get_incident(tx, oid))
+    assert data is not None
+    assert data["state"] == "paging"
+    # The first page's resolve, not yet sent, would close the new page: cancelled.
+    assert await _work(store, oid, "resolve_page") == [(1, "cancelled")]
+    assert await _work(store, oid, "page") == [(1, "done"), (2, "pending")]
+    await page_sent(t0 + 101)
+    assert await notify("resolved", t0 + 200) == ["resolved"]
+    assert await _work(store, oid, "resolve_page") == [(1, "cancelled"), (2, "pending")]
+    data = await store.run(lambda tx: get_incident(tx, oid))
+    assert data is not None
+    assert data["state"] == "resolved"
+    assert [s["kind"] for s in data["steps"]].count("reopened") == 1
+
+
+async def test_a_late_firing_copy_of_an_occurrence_resolved_unseen_reopens_nothing(
+        store: Store) -> None:
+    policy = Policy(load(PAGE_RULE))
+    t0 = time.time()
+    for status, at, expected in (("resolved", t0, "resolved-unseen"),
+                                 ("firing", t0 + 300, "deduplicated")):
+        note = Notification.model_validate(body(alert("u1", status=status)))
+        result = await store.run(lambda tx, n=note, a=at: intake(tx, n, "{}", policy, a))
+        assert [a.status for a in result.alerts] == [expected]
+    assert await store.run(lambda tx: tx.fetchall("SELECT id FROM work")) == []

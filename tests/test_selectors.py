@@ -19,6 +19,14 @@ from runbook.selectors import unscoped
     ('up{target="runbook_pg_up"}', []),
     ('runbook_pg_up{target="job=x"}', ["runbook_pg_up"]),
     ('runbook_pg_up{nojob="x"}', ["runbook_pg_up"]),
+    # Only a positive job matcher scopes: job!="x" reads every other job.
+    ('runbook_pg_up{job!="runbook-api"}', ["runbook_pg_up"]),
+    ('runbook_pg_up{job!~"runbook-api"}', ["runbook_pg_up"]),
+    # The metric named in __name__, and label lists that are not metrics.
+    ('{__name__="runbook_pg_up", target="main"}', ["runbook_pg_up"]),
+    ('{__name__="runbook_pg_up", job="runbook-api"}', []),
+    ('sum by (runbook_target) (up{job="x"})', []),
+    ('a{job="x"} * on (runbook_x) group_left (runbook_y) b{job="x"}', []),
     # Other metrics are not the exporter's.
     ('http_requests_total{status=~"5.."}', []),
     ('my_runbook_metric{a="b"}', []),

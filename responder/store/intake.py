@@ -31,6 +31,8 @@ from responder.store.base import (
 _CLOSE_UNSTARTED = {"new", "queued", "awaiting_approval", "paging"}
 _HEAL = {"verifying", "acted"}
 _END = {"paged", "escalated", "page_failed"}
+REOPEN_AFTER = 60.0
+"""Seconds after its resolve from which a firing copy of an occurrence reopens it."""
 # States that last while a worker holds the occurrence's work.
 _BUSY = {"running", "escalating"}
 Step = tuple[str, str, dict[str, Any]]
@@ -182,27 +184,38 @@ async def _reopen(tx: Tx, oid: str, detail: dict[str, Any], steps: list[Step], n
     resolves an alert Prometheus stopped sending for a while, then takes it back when it comes
     again. It was decided once already, so a human is paged rather than a second decision
     taken, and the occurrence is open again."""
-    occ = await tx.fetchone(f"SELECT state, resolved_at FROM occurrences WHERE id = ?"  # noqa: S608 - only constant dialect text is inserted
+    occ = await tx.fetchone(f"SELECT state, resolved_at, decision FROM occurrences WHERE id = ?"  # noqa: S608 - only constant dialect text is inserted
                             f"{tx.for_update}", oid)
     assert occ is not None
     if occ["resolved_at"] is None:  # an HA copy reopened it first
         steps.append((oid, "deduplicated", detail))
         return AlertIntake(oid, "deduplicated")
     was = str(occ["state"])
+    if occ["decision"] in (None, "", "[]"):
+        # Resolved before any firing copy was recorded: this firing copy came late (out of
+        # order, or an HA peer's), and nothing was ever decided to reopen.
+        steps.append((oid, "deduplicated", {**detail, "state": was}))
+        return AlertIntake(oid, "deduplicated")
+    if now - float(occ["resolved_at"]) < REOPEN_AFTER:
+        # Within a minute of the resolve it is a copy sent before it (a retry, an HA peer):
+        # Alertmanager only takes an alert back after Prometheus stopped sending it a while.
+        steps.append((oid, "deduplicated", {**detail, "state": was, "reason": (
+            f"a firing copy within {REOPEN_AFTER:g}s of the resolve: taken as sent before it")}))
+        return AlertIntake(oid, "deduplicated")
     reason = (f"fired again after it was {was} (the same alert and startsAt): it was decided "
               "once already, so a human is paged")
     state = "paged" if paged_by else "paging"
     await tx.execute("UPDATE occurrences SET resolved_at = NULL, ends_at = NULL, state = ?, "
                      "updated_at = ? WHERE id = ?", state, now, oid)
+    # A resolve of the first page not yet sent would close the page this reopening raises.
+    await tx.execute("UPDATE work SET status = 'cancelled' WHERE occurrence_id = ? "
+                     "AND status = 'pending' AND kind = 'resolve_page'", oid)
     steps.append((oid, "reopened", {**detail, "was": was, "reason": reason}))
     if paged_by:
         steps.append((oid, "paged", {"by": paged_by,
                                      "reason": f"{reason}; {paged_by} paged the receivers"}))
         return AlertIntake(oid, "reopened", ["paged"])
-    last = await tx.fetchone("SELECT MAX(attempt) AS n FROM work WHERE occurrence_id = ? "
-                             "AND track = 0 AND kind = 'page'", oid)
-    attempt = int(last["n"] or 0) + 1 if last else 1
-    await enqueue(tx, oid, 0, "page", attempt, {
+    await enqueue(tx, oid, 0, "page", await next_attempt(tx, oid, 0, "page"), {
         "rule_index": None, "rule": "(reopened)", "steps": [page_step(reason)],
         "reason": reason, "dry_run": False}, now)
     result.work_queued += 1
@@ -249,7 +262,21 @@ async def resolve_occurrence(tx: Tx, oid: str, state: str, paged: bool, now: flo
     await add_step(tx, oid, "resolved", {**detail, "state": new_state,
                                          "cancelled": [dict(c) for c in cancelled]}, now)
     if paged:
-        await enqueue(tx, oid, 0, "resolve_page", 1, {"steps": []}, now)
+        await resolve_page(tx, oid, now)
+
+
+async def next_attempt(tx: Tx, oid: str, track: int, kind: str) -> int:
+    """One more than the last attempt of this kind of work on this track: an occurrence that
+    reopened pages, and resolves its page, once more."""
+    row = await tx.fetchone("SELECT MAX(attempt) AS n FROM work WHERE occurrence_id = ? "
+                            "AND track = ? AND kind = ?", oid, track, kind)
+    return int(row["n"] or 0) + 1 if row else 1
+
+
+async def resolve_page(tx: Tx, oid: str, now: float) -> None:
+    """Queue the resolve of the pages this occurrence raised."""
+    await enqueue(tx, oid, 0, "resolve_page", await next_attempt(tx, oid, 0, "resolve_page"),
+                  {"steps": []}, now)
 
 
 async def enqueue(tx: Tx, oid: str, track: int, kind: str, attempt: int, plan: dict[str, Any],

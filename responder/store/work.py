@@ -10,7 +10,7 @@ from responder.matching import RuleMatch, rule_key
 from responder.policy import Policy, page_step
 from responder.rails import RailCheck, active_window, check_rails
 from responder.store.base import Row, Tx, WorkItem, add_step, add_steps
-from responder.store.intake import enqueue, rail_facts, record_run
+from responder.store.intake import enqueue, rail_facts, record_run, resolve_page
 
 OK_STATUSES = ("ok", "dry_run")
 # States in which a remediation track of the occurrence is under way or awaiting its end (an
@@ -219,14 +219,16 @@ async def complete(tx: Tx, item: WorkItem, owner: str, outcomes: list[dict[str, 
             await add_step(tx, oid, "paged", {"work": item.id, "reason": plan.get("reason"),
                                               **({"missed": missed} if missed else {})}, now)
             if resolved:
-                await enqueue(tx, oid, 0, "resolve_page", 1, {"steps": []}, now)
-        if resolved:
-            return await _state(tx, oid, "resolved", now, "closed",
-                                {"reason": "the alert resolved"})
+                await resolve_page(tx, oid, now)
         # A page track beside a remediation (a `continue` rule) leaves the occurrence's state
-        # to the remediation: "paged" over "verifying" would end it as resolved, not healed.
+        # to the remediation: "paged" over "verifying" would end it as resolved, not healed,
+        # and a page ending after the alert healed must not turn it into "resolved".
         current = str(occ["state"])
-        keep = current if item.kind == "page" and current in _ACTING else None
+        keep = current if item.kind == "page" and (
+            current in _ACTING or (resolved and current == "healed")) else None
+        if resolved:
+            return await _state(tx, oid, keep or "resolved", now, "closed",
+                                {"reason": "the alert resolved"})
         if not paged and item.attempt < PAGE_ATTEMPTS:
             # Nobody was told: try the page again later rather than give up on the human.
             delay = PAGE_BACKOFF * 2 ** (item.attempt - 1)
@@ -247,7 +249,7 @@ async def _healed(tx: Tx, item: WorkItem, occ: Row, now: float, reason: str) -> 
     await tx.execute("UPDATE work SET status = 'cancelled' WHERE occurrence_id = ? "
                      "AND status = 'pending' AND kind = 'verify'", item.occurrence_id)
     if occ["paged"]:
-        await enqueue(tx, item.occurrence_id, 0, "resolve_page", 1, {"steps": []}, now)
+        await resolve_page(tx, item.occurrence_id, now)
     return await _state(tx, item.occurrence_id, "healed", now, "verified", {"reason": reason})
 
 
@@ -275,14 +277,15 @@ async def escalate(tx: Tx, item: WorkItem, reason: str, now: float) -> str:
     """Queue the rule's escalation steps followed by a page saying what was tried."""
     plan = item.plan
     steps = [dict(step) for step in plan.get("escalate", [])]
-    own = [step for step in steps if step.get("action") == "page"]
-    if own:
-        # The rule pages in its escalation already: its last page says why too, instead of a
-        # second page telling the same human the same incident.
-        params = dict(own[-1].get("params") or {})
+    severity = json.loads(str(item.occurrence.get("labels") or "{}")).get("severity")
+    last = steps[-1] if steps else {}
+    params = dict(last.get("params") or {})
+    if last.get("action") == "page" and params.get("severity") in (None, severity):
+        # The rule's escalation ends by paging the alert's own receivers: that page says why
+        # too, instead of a second page telling the same human about the same incident.
         message = params.get("message")
         params["message"] = f"{message} ({reason})" if message else reason
-        own[-1]["params"] = params
+        last["params"] = params
     else:
         steps.append(page_step(reason))
     await enqueue(tx, item.occurrence_id, item.track, "escalate", item.attempt,
