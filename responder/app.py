@@ -10,7 +10,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -163,7 +163,7 @@ async def post_alerts(request: web.Request) -> web.Response:
         log.error("cannot record a notification: %s", exc)
         return _error(503, "the notification could not be recorded; retry later")
     if result.work_queued:
-        await _wake(request.app)
+        await _wake(request.app, result.queued_kinds)
     metrics.notifications.labels(note.status, "recorded").inc()
     metrics.truncated.inc(note.truncated_alerts)
     for alert in result.alerts:
@@ -184,9 +184,9 @@ async def post_alerts(request: web.Request) -> web.Response:
     return web.json_response(answer)
 
 
-async def _wake(app: web.Application) -> None:
+async def _wake(app: web.Application, kinds: Collection[str] | None = None) -> None:
     if WORKER in app:
-        app[WORKER].wake()
+        app[WORKER].wake(kinds)
     if WAKEUP in app:
         await app[WAKEUP].publish()
 

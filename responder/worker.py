@@ -9,7 +9,7 @@ import importlib
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -119,7 +119,7 @@ class Worker:
         self.config = config
         self.hooks = hooks or Hooks.discover(metrics.registry)
         self.policy = Policy(loaded)
-        self._wakes: list[asyncio.Event] = []
+        self._wakes: list[tuple[bool, asyncio.Event]] = []
         self._stopping = False
         self._busy = 0
         self._idle = asyncio.Event()
@@ -128,10 +128,13 @@ class Worker:
         # left it claimed) is recovered by its own recovery loop once the lease runs out.
         self._running: set[int] = set()
 
-    def wake(self) -> None:
-        """New work was queued: look now instead of at the next poll."""
-        for event in self._wakes:
-            event.set()
+    def wake(self, kinds: Collection[str] | None = None) -> None:
+        """New work was queued: look now instead of at the next poll. With the kinds queued,
+        only the loop that claims them looks (an empty claim is a store transaction too)."""
+        for remediations, event in self._wakes:
+            if kinds is None or any((kind in ops.REMEDIATIONS) == remediations
+                                    for kind in kinds):
+                event.set()
 
     async def recover(self, everything: bool) -> list[dict[str, Any]]:
         """Resume or escalate work left claimed by a stopped process."""
@@ -157,7 +160,7 @@ class Worker:
                           ) -> None:
         slots = asyncio.Semaphore(size)
         wake = asyncio.Event()
-        self._wakes.append(wake)
+        self._wakes.append((remediations, wake))
         while True:
             await slots.acquire()
             if self._stopping:

@@ -102,6 +102,8 @@ class IntakeResult:
     alerts: list[AlertIntake] = field(default_factory=list)
     rail_hits: list[str] = field(default_factory=list)
     work_queued: int = 0
+    queued_kinds: set[str] = field(default_factory=set)
+    """The kinds of work queued (run, page): which of the worker's loops to wake."""
 
     def as_json(self) -> dict[str, Any]:
         return {"notification": self.notification_id,

@@ -219,6 +219,7 @@ async def _reopen(tx: Tx, oid: str, detail: dict[str, Any], steps: list[Step], n
         "rule_index": None, "rule": "(reopened)", "steps": [page_step(reason)],
         "reason": reason, "dry_run": False}, now)
     result.work_queued += 1
+    result.queued_kinds.add("page")
     steps.append((oid, "paging", {"reason": reason}))
     return AlertIntake(oid, "reopened", ["paging"])
 
@@ -362,9 +363,11 @@ async def _decide(tx: Tx, oid: str, alert: Alert, matches: list[RuleMatch | None
             await enqueue(tx, oid, track, "run", 1, decision.plan, now)
             await record_run(tx, decision.rule_key, decision.target_key, oid, now)
             result.work_queued += 1
+            result.queued_kinds.add("run")
         elif decision.outcome == "paging":
             await enqueue(tx, oid, track, "page", 1, decision.plan, now)
             result.work_queued += 1
+            result.queued_kinds.add("page")
         steps.append((oid, decision.outcome, {
             "rule": decision.rule_key, "track": track, "mode": decision.mode,
             "dry_run": decision.dry_run, "reason": decision.reason}))
