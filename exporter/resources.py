@@ -102,13 +102,19 @@ async def open_resources(watch: Watch, env: Mapping[str, str] | None = None) -> 
     return resources
 
 
+STATEMENT_SHARE = 0.5
+"""The share of a target's timeout one statement may take."""
+
+
 async def open_pool(dsn: str, seconds: float) -> asyncpg.Pool:
     """A small pool; statement_timeout bounds every query on every connection it opens."""
     import asyncpg
     pool = await asyncpg.create_pool(
         # The server's statement_timeout acts first; command_timeout is the client's backstop.
+        # Half the target's timeout: a runbook query that runs into it fails alone (its part
+        # up 0) with time left for the others, instead of taking the whole collector down.
         dsn, min_size=0, max_size=2, timeout=seconds, command_timeout=seconds + 1.0,
-        server_settings={"statement_timeout": str(int(seconds * 1000)),
+        server_settings={"statement_timeout": str(int(seconds * STATEMENT_SHARE * 1000)),
                          "application_name": "runbook-exporter"},
     )
     assert pool is not None

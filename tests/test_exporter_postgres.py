@@ -127,6 +127,25 @@ async def test_statement_timeout_bounds_custom_queries(postgres_dsn: str) -> Non
 PARTS = ("connections", "long_queries", "databases", "settings", "statements")
 
 
+async def test_a_query_running_into_the_timeout_fails_alone_within_the_scrape(
+        postgres_dsn: str) -> None:
+    from exporter.scrape import Scraper
+
+    # The target's timeout is the collector's deadline: a statement may take half of it, so a
+    # slow runbook query fails alone and the rest of the target still reports.
+    pool = await open_pool(postgres_dsn, 1.0)
+    c = PostgresCollector("db", 1.0, pool=pool, queries=[
+        CustomSql("slow", "SELECT pg_sleep(3) IS NULL AS v", "", "v", ())])
+    scraper = Scraper([c])
+    try:
+        families = by_name(await scraper.scrape(5.0))
+    finally:
+        await pool.close()
+    assert scraper.health[("postgres", "db")].up
+    assert part_up(families)["query_slow"] == 0.0
+    assert "runbook_pg_max_connections" in families
+
+
 def part_up(families: dict[str, Metric]) -> dict[str, float]:
     return {s.labels["part"]: s.value for s in families["runbook_pg_part_up"].samples}
 
