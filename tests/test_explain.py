@@ -39,9 +39,9 @@ page:
 
 
 def _explain(
-    tmp_path: Path, labels: dict[str, str], *extra: str
+    tmp_path: Path, labels: dict[str, str], *extra: str, runbook: str = RUNBOOK
 ) -> subprocess.CompletedProcess[str]:
-    (tmp_path / "rb.yml").write_text(RUNBOOK)
+    (tmp_path / "rb.yml").write_text(runbook)
     (tmp_path / "alert.json").write_text(json.dumps({"labels": labels}))
     return subprocess.run(
         [RUNBOOK_BIN, "explain", str(tmp_path / "rb.yml"), str(tmp_path / "alert.json"),
@@ -77,16 +77,22 @@ def test_unmatched_alert_pages_the_default_receiver(tmp_path: Path) -> None:
     assert "would page: slack (page.default)" in done.stdout
 
 
-async def test_rails_come_from_the_store(tmp_path: Path) -> None:
+async def _scale_ran(tmp_path: Path, seconds_ago: float) -> None:
+    """Record in the store explain reads that rule `scale` acted on CRITICAL's target."""
     store = SqliteStore(tmp_path / "data" / "responder.sqlite3")
     await store.open()
     target = target_key(CRITICAL)
 
-    async def ran_recently(tx: object) -> None:
-        await record_run(tx, "scale", target, "occ-1", time.time() - 60)  # type: ignore[arg-type]
+    async def ran(tx: object) -> None:
+        await record_run(tx, "scale", target, "occ-1",  # type: ignore[arg-type]
+                         time.time() - seconds_ago)
 
-    await store.run(ran_recently)
+    await store.run(ran)
     await store.close()
+
+
+async def test_rails_come_from_the_store(tmp_path: Path) -> None:
+    await _scale_ran(tmp_path, 60)
     done = _explain(tmp_path, CRITICAL)
     assert done.returncode == 0, done.stderr
     assert "HIT cooldown" in done.stdout
@@ -127,22 +133,8 @@ async def test_each_matching_rule_reads_its_own_rails(tmp_path: Path) -> None:
     mode: auto
     do: [{exec: [/bin/true]}]
 """)
-    store = SqliteStore(tmp_path / "data" / "responder.sqlite3")
-    await store.open()
-    target = target_key(CRITICAL)
-
-    async def ran_recently(tx: object) -> None:
-        await record_run(tx, "scale", target, "occ-1", time.time() - 300)  # type: ignore[arg-type]
-
-    await store.run(ran_recently)
-    await store.close()
-    (tmp_path / "rb.yml").write_text(text)
-    (tmp_path / "alert.json").write_text(json.dumps({"labels": CRITICAL}))
-    done = await asyncio.to_thread(
-        subprocess.run,
-        [RUNBOOK_BIN, "explain", str(tmp_path / "rb.yml"), str(tmp_path / "alert.json"),
-         "--data-dir", str(tmp_path / "data")],
-        capture_output=True, text=True, timeout=60, check=False)
+    await _scale_ran(tmp_path, 300)
+    done = await asyncio.to_thread(_explain, tmp_path, CRITICAL, runbook=text)
     assert done.returncode == 0, done.stderr
     decisions = [line.strip() for line in done.stdout.splitlines() if "decision:" in line]
     assert len(decisions) == 2, done.stdout

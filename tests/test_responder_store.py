@@ -10,7 +10,7 @@ import pytest
 
 from responder.payload import Notification
 from responder.policy import Policy
-from responder.store import Store, StoreError, open_store
+from responder.store import Store, StoreError, WorkItem, open_store
 from responder.store import work as ops
 from responder.store.intake import intake
 from responder.store.queries import get_incident, list_incidents
@@ -164,15 +164,21 @@ async def test_retention_removes_notifications_a_batch_at_a_time(store: Store) -
     assert [float(r["received_at"]) for r in kept] == [5000.0]
 
 
-async def test_resolved_before_its_escalation_is_claimed_ends_the_incident(store: Store) -> None:
+async def _claimed_run(store: Store, program: str, fp: str
+                       ) -> tuple[Policy, str, WorkItem]:
+    """An auto rule running `program` decided for alert `fp`, its run claimed by "me"."""
     rule = ("  - name: fix\n    match: {alertname: GaugeHigh}\n    external: true\n"
-            "    mode: auto\n    do: [{exec: [/bin/false]}]\n")
+            f"    mode: auto\n    do: [{{exec: [{program}]}}]\n")
     policy = Policy(load(rule))
-    note = Notification.model_validate(body(alert("e1")))
+    note = Notification.model_validate(body(alert(fp)))
     result = await store.run(lambda tx: intake(tx, note, "{}", policy, time.time()))
-    oid = result.alerts[0].occurrence_id
     item = await store.run(lambda tx: ops.claim(tx, "me", time.time(), 60.0))
     assert item is not None
+    return policy, result.alerts[0].occurrence_id, item
+
+
+async def test_resolved_before_its_escalation_is_claimed_ends_the_incident(store: Store) -> None:
+    policy, oid, item = await _claimed_run(store, "/bin/false", "e1")
     failed = [{"action": "exec", "status": "failed", "output": "exit 1"}]
     state = await store.run(lambda tx: ops.complete(tx, item, "me", failed, None, time.time()))
     assert state == "escalating"
@@ -189,14 +195,7 @@ async def test_resolved_before_its_escalation_is_claimed_ends_the_incident(store
 
 async def test_resolved_while_the_run_is_held_stays_running_until_it_completes(
         store: Store) -> None:
-    rule = ("  - name: fix\n    match: {alertname: GaugeHigh}\n    external: true\n"
-            "    mode: auto\n    do: [{exec: [/bin/true]}]\n")
-    policy = Policy(load(rule))
-    note = Notification.model_validate(body(alert("h1")))
-    result = await store.run(lambda tx: intake(tx, note, "{}", policy, time.time()))
-    oid = result.alerts[0].occurrence_id
-    item = await store.run(lambda tx: ops.claim(tx, "me", time.time(), 60.0))
-    assert item is not None
+    policy, oid, item = await _claimed_run(store, "/bin/true", "h1")
     gone = Notification.model_validate(body(alert("h1", status="resolved")))
     await store.run(lambda tx: intake(tx, gone, "{}", policy, time.time()))
     data = await store.run(lambda tx: get_incident(tx, oid))
