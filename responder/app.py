@@ -20,6 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 
 from responder import ui
+from responder.bodies import ValidatedBodies
 from responder.known import KnownOccurrences
 from responder.metrics import Metrics
 from responder.openapi import openapi_document
@@ -70,6 +71,7 @@ SESSION = web.AppKey("session", aiohttp.ClientSession)
 WORKER = web.AppKey("worker", Worker)
 WAKEUP = web.AppKey("wakeup", Wakeup)
 KNOWN = web.AppKey("known", KnownOccurrences)
+BODIES = web.AppKey("bodies", ValidatedBodies)
 
 
 def _error(status: int, reason: str, **headers: str) -> web.Response:
@@ -125,35 +127,27 @@ async def post_alerts(request: web.Request) -> web.Response:
         slow = _error(408, f"the body did not arrive within {BODY_SECONDS:g}s")
         slow.force_close()
         return slow
-    try:
-        body = json.loads(raw)
-    # ValueError covers JSONDecodeError, UnicodeDecodeError and an integer too long to convert.
-    except (ValueError, RecursionError) as exc:
-        metrics.notifications.labels("unknown", "invalid").inc()
-        return _error(400, f"body is not JSON: {exc}")
-    if not isinstance(body, dict):
-        metrics.notifications.labels("unknown", "invalid").inc()
-        return _error(400, "body must be a JSON object (an Alertmanager webhook, version 4)")
+    # Most bodies are copies of one validated before (Alertmanager's resends, see bodies.py).
     text = utf8_text(raw)
-    plain = text is not None and b"\\u" not in raw  # see PLAIN_JSON
-    try:
-        note = Notification.model_validate(body, context={PLAIN_JSON: plain})
-    except ValidationError as exc:
-        # Only known values become a label: the body is untrusted (cardinality, encoding).
-        status = body.get("status")
-        metrics.notifications.labels(status if status in ("firing", "resolved") else "unknown",
-                                     "invalid").inc()
-        return _error(400, f"not an Alertmanager webhook (version 4): {_validation_reason(exc)}")
+    bodies = request.app[BODIES]
+    note = bodies.get(text) if text is not None else None
+    if note is None or text is None:
+        parsed = _validate(raw, text, metrics)
+        if isinstance(parsed, web.Response):
+            return parsed
+        note, body_text = parsed
+        if text is not None:
+            bodies.add(text, note)
+    else:
+        body_text = text
     paged_by = request.query.get("paged")
     if paged_by not in (None, "alertmanager"):
         metrics.notifications.labels(note.status, "invalid").inc()
         return _error(400, "the query parameter paged can only be 'alertmanager'")
     policy = request.app[POLICY]
-    if text is None:  # UTF-16/32 JSON: keep it as UTF-8 JSON text
-        text = json.dumps(body)
     try:
         known = request.app[KNOWN]
-        job = IntakeJob(note, text, policy, now, paged_by)
+        job = IntakeJob(note, body_text, policy, now, paged_by)
         job.known = known.all_known(job.alerts)
         result = await request.app[STORE].run_intake(job)
         known.add(a.occurrence_id for a in result.alerts)
@@ -182,6 +176,31 @@ async def post_alerts(request: web.Request) -> web.Response:
     if note.truncated_alerts:
         answer["truncated_alerts"] = note.truncated_alerts
     return web.json_response(answer)
+
+
+def _validate(raw: bytes, text: str | None,
+              metrics: Metrics) -> tuple[Notification, str] | web.Response:
+    """The notification in a body, with the body as UTF-8 JSON text; or the 400 answer."""
+    try:
+        body = json.loads(raw)
+    # ValueError covers JSONDecodeError, UnicodeDecodeError and an integer too long to convert.
+    except (ValueError, RecursionError) as exc:
+        metrics.notifications.labels("unknown", "invalid").inc()
+        return _error(400, f"body is not JSON: {exc}")
+    if not isinstance(body, dict):
+        metrics.notifications.labels("unknown", "invalid").inc()
+        return _error(400, "body must be a JSON object (an Alertmanager webhook, version 4)")
+    plain = text is not None and b"\\u" not in raw  # see PLAIN_JSON
+    try:
+        note = Notification.model_validate(body, context={PLAIN_JSON: plain})
+    except ValidationError as exc:
+        # Only known values become a label: the body is untrusted (cardinality, encoding).
+        status = body.get("status")
+        metrics.notifications.labels(status if status in ("firing", "resolved") else "unknown",
+                                     "invalid").inc()
+        return _error(400, f"not an Alertmanager webhook (version 4): {_validation_reason(exc)}")
+    # UTF-16/32 JSON is kept as UTF-8 JSON text.
+    return note, text if text is not None else json.dumps(body)
 
 
 async def _wake(app: web.Application, kinds: Collection[str] | None = None) -> None:
@@ -378,6 +397,7 @@ def build_app(loaded: LoadedRunbook, store: Store, settings: Settings,
     app[METRICS] = metrics or Metrics()
     app[SETTINGS] = settings
     app[KNOWN] = KnownOccurrences()
+    app[BODIES] = ValidatedBodies()
     for method, path, handler in ROUTES:
         app.router.add_route(method, path, handler)
     app.cleanup_ctx.append(_store_ctx)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from datetime import UTC, datetime
 from functools import cached_property
@@ -146,10 +147,24 @@ class Notification(_Open):
     external_url: str = Field(default="", alias="externalURL")
     alerts: list[Alert] = Field(min_length=1, max_length=10_000)
 
+    @cached_property
+    def occurrences(self) -> dict[str, Alert]:
+        """The alerts by occurrence id, in a fixed order (the first copy of an occurrence wins),
+        so two transactions never wait on each other's rows in opposite orders."""
+        seen: dict[str, Alert] = {}
+        for alert in self.alerts:
+            seen.setdefault(occurrence_id(alert.fingerprint, alert.starts_key), alert)
+        return {oid: seen[oid] for oid in sorted(seen)}
+
     @property
     def extra_fields(self) -> dict[str, object]:
         """Fields this model does not know (e.g. notification_reason, routeLabels)."""
         return dict(self.model_extra or {})
+
+
+def occurrence_id(fingerprint: str, starts_key: str) -> str:
+    """A stable id of one occurrence: the same on every replica and after restarts."""
+    return hashlib.sha256(f"{fingerprint}|{starts_key}".encode()).hexdigest()[:16]
 
 
 def utf8_text(raw: bytes) -> str | None:

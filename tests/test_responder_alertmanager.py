@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from responder.store.base import occurrence_id
+from responder.payload import occurrence_id
 from tests.servers import start_postgres
 from tests.stack import Stack, free_port, http_get, http_json, stack
 from tests.test_responder_support import TOKEN, append_argv, runbook

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
+from responder.payload import occurrence_id
 from responder.store import Store, open_store
-from responder.store.base import occurrence_id
 from responder.store.work import claim_many
 from runbook.loader import load_text
 from tests.actions_support import recorder

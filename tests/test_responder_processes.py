@@ -11,7 +11,7 @@ from typing import Any
 
 import aiohttp
 
-from responder.store.base import occurrence_id
+from responder.payload import occurrence_id
 from tests.stack import Stack, free_port, http_json, stack
 from tests.test_responder_support import TOKEN, ThreadSink, body, runbook
 

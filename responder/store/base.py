@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import re
 from abc import ABC, abstractmethod
@@ -51,11 +50,6 @@ class Tx(Protocol):
 def dumps(value: Any) -> str:
     """Compact JSON for the store."""
     return json.dumps(value, separators=(",", ":"), sort_keys=True, default=str)
-
-
-def occurrence_id(fingerprint: str, starts_key: str) -> str:
-    """A stable id of one occurrence: the same on every replica and after restarts."""
-    return hashlib.sha256(f"{fingerprint}|{starts_key}".encode()).hexdigest()[:16]
 
 
 _OCCURRENCE_ID = re.compile(r"[0-9a-f]{16}")

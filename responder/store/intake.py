@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Coroutine
 from dataclasses import dataclass, replace
-from functools import cached_property
 from typing import Any
 
 from responder.matching import RuleMatch
@@ -24,7 +23,6 @@ from responder.store.base import (
     add_step,
     add_steps,
     dumps,
-    occurrence_id,
 )
 
 # States in which a resolved notification ends the occurrence before anything ran.
@@ -59,14 +57,10 @@ class IntakeJob:
     def __call__(self, tx: Tx) -> Coroutine[Any, Any, IntakeResult]:
         return record(tx, self)
 
-    @cached_property
+    @property
     def alerts(self) -> dict[str, Alert]:
-        """The alerts by occurrence id, in a fixed order (the first copy of an occurrence wins),
-        so two transactions never wait on each other's rows in opposite orders."""
-        seen: dict[str, Alert] = {}
-        for alert in self.note.alerts:
-            seen.setdefault(occurrence_id(alert.fingerprint, alert.starts_key), alert)
-        return {oid: seen[oid] for oid in sorted(seen)}
+        """The alerts by occurrence id (Notification.occurrences)."""
+        return self.note.occurrences
 
     @property
     def likely_resend(self) -> bool:

@@ -1,0 +1,56 @@
+"""Webhook bodies already validated, kept by their exact text for the copies that repeat them."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from responder.payload import Notification
+
+MAX_ENTRIES = 512
+MAX_BODY_CHARS = 64 * 1024
+MAX_TOTAL_CHARS = 4 * 1024 * 1024
+
+
+class ValidatedBodies:
+    """A bounded, least-recently-used map from a body's whole text to its validated notification.
+
+    Alertmanager sends a group's notification again every group_interval while the group changes
+    and every repeat_interval while it does not, and an unchanged group gives the same bytes each
+    time (firing alerts carry endsAt 0001-01-01T00:00:00Z; labels and alerts come sorted). Most
+    bodies are thus ones validated before. The key is the whole text, so a hit is that body
+    character for character: nothing is taken from the cache that was not validated as it is.
+    Notifications are frozen, so requests can share one.
+
+    Bounded in entries and in characters (a body over MAX_BODY_CHARS is never kept), so a flood of
+    distinct bodies costs at most a few MiB and an eviction per request.
+    """
+
+    def __init__(self, max_entries: int = MAX_ENTRIES, max_body_chars: int = MAX_BODY_CHARS,
+                 max_total_chars: int = MAX_TOTAL_CHARS) -> None:
+        self._notes: OrderedDict[str, Notification] = OrderedDict()
+        self._max_entries = max_entries
+        self._max_body = max_body_chars
+        self._max_total = max_total_chars
+        self._total = 0
+
+    def __len__(self) -> int:
+        return len(self._notes)
+
+    def get(self, text: str) -> Notification | None:
+        """The notification validated from exactly this text, if it is still kept."""
+        note = self._notes.get(text)
+        if note is not None:
+            self._notes.move_to_end(text)
+        return note
+
+    def add(self, text: str, note: Notification) -> None:
+        """Keep a notification validated from this text, forgetting the least recent ones."""
+        if len(text) > self._max_body or text in self._notes:
+            return
+        # Computed once here, so requests sharing the note only ever read it.
+        note.occurrences  # noqa: B018 - fills the cached property
+        self._notes[text] = note
+        self._total += len(text)
+        while len(self._notes) > self._max_entries or self._total > self._max_total:
+            old, _ = self._notes.popitem(last=False)
+            self._total -= len(old)

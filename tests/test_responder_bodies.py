@@ -1,0 +1,148 @@
+"""Bodies validated once: Alertmanager's byte-for-byte resends reuse the validated notification,
+and anything that differs by one character is validated on its own."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from responder.app import BODIES, STORE
+from responder.bodies import ValidatedBodies
+from responder.payload import Notification, occurrence_id
+from responder.store import open_store
+from tests.test_responder_support import AUTH, alert, body, load, post, responder
+
+RULE = "  - name: gauge\n    match: {alertname: GaugeHigh}\n    external: true\n    mode: page\n"
+Client = TestClient[web.Request, web.Application]
+
+
+def note(fingerprint: str = "fp1") -> tuple[str, Notification]:
+    text = json.dumps(body(alert(fingerprint)))
+    return text, Notification.model_validate_json(text)
+
+
+def test_a_kept_body_is_returned_for_exactly_its_text() -> None:
+    bodies = ValidatedBodies()
+    text, validated = note()
+    bodies.add(text, validated)
+    assert bodies.get(text) is validated
+    assert bodies.get(text + " ") is None
+    assert bodies.get(text.replace("fp1", "fp2")) is None
+
+
+def test_occurrences_are_computed_before_the_note_is_shared() -> None:
+    bodies = ValidatedBodies()
+    text, validated = note()
+    bodies.add(text, validated)
+    first = validated.alerts[0]
+    assert vars(validated)["occurrences"] == {
+        occurrence_id("fp1", first.starts_key): first}
+
+
+def test_entries_are_bounded_least_recent_first() -> None:
+    bodies = ValidatedBodies(max_entries=2)
+    kept = [note(f"fp{i}") for i in range(3)]
+    bodies.add(*kept[0])
+    bodies.add(*kept[1])
+    assert bodies.get(kept[0][0]) is kept[0][1]  # now the most recent
+    bodies.add(*kept[2])
+    assert len(bodies) == 2
+    assert bodies.get(kept[1][0]) is None
+    assert bodies.get(kept[0][0]) is kept[0][1]
+    assert bodies.get(kept[2][0]) is kept[2][1]
+
+
+def test_characters_are_bounded_per_body_and_in_total() -> None:
+    text, validated = note()
+    small = ValidatedBodies(max_body_chars=len(text) - 1)
+    small.add(text, validated)
+    assert small.get(text) is None
+    two = ValidatedBodies(max_total_chars=2 * len(text) + 10)
+    kept = [note(f"fp{i}") for i in range(3)]  # same length: fp0, fp1, fp2
+    for entry in kept:
+        two.add(*entry)
+    assert len(two) == 2
+    assert two.get(kept[0][0]) is None
+
+
+@pytest.fixture
+async def client(tmp_path: Path) -> AsyncIterator[Client]:
+    async with responder(load(RULE), open_store(None, tmp_path / "data"),
+                         run_worker=False) as c:
+        yield c
+
+
+@pytest.fixture
+def validations(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """Every body the app validates."""
+    seen: list[Any] = []
+    real = Notification.model_validate
+
+    def counting(data: Any, **kwargs: Any) -> Notification:
+        seen.append(data)
+        return real(data, **kwargs)
+
+    monkeypatch.setattr(Notification, "model_validate", counting)
+    return seen
+
+
+async def test_a_resend_is_validated_once_and_recorded_as_every_copy(
+        client: Client, validations: list[Any]) -> None:
+    text = json.dumps(body(alert("fp1")))
+    first = await post(client, text.encode())
+    again = await post(client, text.encode())
+    assert (first.status, again.status) == (200, 200)
+    assert len(validations) == 1
+    assert len(client.app[BODIES]) == 1
+    answers = [await first.json(), await again.json()]
+    assert [a["alerts"][0]["status"] for a in answers] == ["new", "deduplicated"]
+    rows = await client.app[STORE].run(
+        lambda tx: tx.fetchall("SELECT id, body FROM notifications ORDER BY id"))
+    assert [r["body"] for r in rows] == [text, text]
+    assert answers[1]["notification"] == rows[1]["id"]
+
+
+async def test_a_copy_differing_by_one_character_is_validated_on_its_own(
+        client: Client, validations: list[Any]) -> None:
+    text = json.dumps(body(alert("fp1")))
+    assert (await post(client, text.encode())).status == 200
+    broken = text.replace('"version": "4"', '"version": "3"')
+    assert broken != text
+    refused = await post(client, broken.encode())
+    assert refused.status == 400
+    assert "version" in (await refused.json())["error"]
+    other = await post(client, text.replace("fp1", "fp2").encode())
+    assert (await other.json())["alerts"][0]["status"] == "new"
+    assert len(validations) == 3
+
+
+async def test_a_kept_body_still_passes_every_check_of_the_request(
+        client: Client, validations: list[Any]) -> None:
+    text = json.dumps(body(alert("fp1")))
+    assert (await post(client, text.encode())).status == 200
+    no_token = await client.post("/alerts", data=text,
+                                 headers={"Content-Type": "application/json"})
+    assert no_token.status == 401
+    wrong_type = await client.post("/alerts", data=text,
+                                   headers={**AUTH, "Content-Type": "text/plain"})
+    assert wrong_type.status == 415
+    bad_query = await client.post("/alerts?paged=someone", data=text,
+                                  headers={**AUTH, "Content-Type": "application/json"})
+    assert bad_query.status == 400
+    assert "paged" in (await bad_query.json())["error"]
+    assert len(validations) == 1
+
+
+async def test_utf16_bodies_are_validated_each_time(client: Client,
+                                                    validations: list[Any]) -> None:
+    data = json.dumps(body(alert("fp1"))).encode("utf-16")
+    for _ in range(2):
+        assert (await post(client, data)).status == 200
+    assert len(validations) == 2
+    assert len(client.app[BODIES]) == 0
