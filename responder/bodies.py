@@ -17,9 +17,10 @@ class ValidatedBodies:
     Alertmanager sends a group's notification again every group_interval while the group changes
     and every repeat_interval while it does not, and an unchanged group gives the same bytes each
     time (firing alerts carry endsAt 0001-01-01T00:00:00Z; labels and alerts come sorted). Most
-    bodies are thus ones validated before. The key is the whole text, so a hit is that body
-    character for character: nothing is taken from the cache that was not validated as it is.
-    Notifications are frozen, so requests can share one.
+    bodies are thus ones validated before. A body's notification is kept from its second copy
+    on, and served from the third. The key is the whole text, so a hit is that body character
+    for character: nothing is taken from here that was not validated as it is. Notifications are
+    frozen, so requests can share one.
 
     Bounded in entries and in characters (a body over MAX_BODY_CHARS is never kept), so a flood of
     distinct bodies costs at most a few MiB and an eviction per request.
@@ -27,14 +28,16 @@ class ValidatedBodies:
 
     def __init__(self, max_entries: int = MAX_ENTRIES, max_body_chars: int = MAX_BODY_CHARS,
                  max_total_chars: int = MAX_TOTAL_CHARS) -> None:
-        self._notes: OrderedDict[str, Notification] = OrderedDict()
+        # None: the text was seen and validated once, and only the text is kept.
+        self._notes: OrderedDict[str, Notification | None] = OrderedDict()
         self._max_entries = max_entries
         self._max_body = max_body_chars
         self._max_total = max_total_chars
         self._total = 0
 
     def __len__(self) -> int:
-        return len(self._notes)
+        """How many notifications are kept (texts seen once are not counted)."""
+        return sum(1 for note in self._notes.values() if note is not None)
 
     def get(self, text: str) -> Notification | None:
         """The notification validated from exactly this text, if it is still kept."""
@@ -44,13 +47,21 @@ class ValidatedBodies:
         return note
 
     def add(self, text: str, note: Notification) -> None:
-        """Keep a notification validated from this text, forgetting the least recent ones."""
-        if len(text) > self._max_body or text in self._notes:
+        """Note a notification validated from this text: the first time only the text is kept,
+        from the second copy on the notification too; the least recent ones are forgotten."""
+        if len(text) > self._max_body:
             return
-        # Computed once here, so requests sharing the note only ever read it.
-        note.occurrences  # noqa: B018 - fills the cached property
-        self._notes[text] = note
-        self._total += len(text)
+        if text not in self._notes:
+            # A body seen once (the first notification of most occurrences) keeps no objects:
+            # notifications that never come again must not pile up for the garbage collector's
+            # full collections to walk (they made those more frequent at 500 new alerts/s).
+            self._notes[text] = None
+            self._total += len(text)
+        elif self._notes[text] is None:
+            # Computed once here, so requests sharing the note only ever read it.
+            note.occurrences  # noqa: B018 - fills the cached property
+            self._notes[text] = note
+            self._notes.move_to_end(text)
         while len(self._notes) > self._max_entries or self._total > self._max_total:
             old, _ = self._notes.popitem(last=False)
             self._total -= len(old)

@@ -1,5 +1,5 @@
-"""Bodies validated once: Alertmanager's byte-for-byte resends reuse the validated notification,
-and anything that differs by one character is validated on its own."""
+"""Bodies validated before: Alertmanager's byte-for-byte resends reuse the validated
+notification, and anything that differs by one character is validated on its own."""
 
 from __future__ import annotations
 
@@ -27,10 +27,27 @@ def note(fingerprint: str = "fp1") -> tuple[str, Notification]:
     return text, Notification.model_validate_json(text)
 
 
-def test_a_kept_body_is_returned_for_exactly_its_text() -> None:
+def keep(bodies: ValidatedBodies, text: str, validated: Notification) -> None:
+    """Two copies: the second one keeps the notification."""
+    bodies.add(text, validated)
+    bodies.add(text, validated)
+
+
+def test_a_body_seen_once_keeps_only_its_text() -> None:
     bodies = ValidatedBodies()
     text, validated = note()
     bodies.add(text, validated)
+    assert bodies.get(text) is None
+    assert len(bodies) == 0
+    bodies.add(text, validated)
+    assert bodies.get(text) is validated
+    assert len(bodies) == 1
+
+
+def test_a_kept_body_is_returned_for_exactly_its_text() -> None:
+    bodies = ValidatedBodies()
+    text, validated = note()
+    keep(bodies, text, validated)
     assert bodies.get(text) is validated
     assert bodies.get(text + " ") is None
     assert bodies.get(text.replace("fp1", "fp2")) is None
@@ -39,7 +56,7 @@ def test_a_kept_body_is_returned_for_exactly_its_text() -> None:
 def test_occurrences_are_computed_before_the_note_is_shared() -> None:
     bodies = ValidatedBodies()
     text, validated = note()
-    bodies.add(text, validated)
+    keep(bodies, text, validated)
     first = validated.alerts[0]
     assert vars(validated)["occurrences"] == {
         occurrence_id("fp1", first.starts_key): first}
@@ -48,10 +65,10 @@ def test_occurrences_are_computed_before_the_note_is_shared() -> None:
 def test_entries_are_bounded_least_recent_first() -> None:
     bodies = ValidatedBodies(max_entries=2)
     kept = [note(f"fp{i}") for i in range(3)]
-    bodies.add(*kept[0])
-    bodies.add(*kept[1])
+    keep(bodies, *kept[0])
+    keep(bodies, *kept[1])
     assert bodies.get(kept[0][0]) is kept[0][1]  # now the most recent
-    bodies.add(*kept[2])
+    keep(bodies, *kept[2])
     assert len(bodies) == 2
     assert bodies.get(kept[1][0]) is None
     assert bodies.get(kept[0][0]) is kept[0][1]
@@ -61,12 +78,12 @@ def test_entries_are_bounded_least_recent_first() -> None:
 def test_characters_are_bounded_per_body_and_in_total() -> None:
     text, validated = note()
     small = ValidatedBodies(max_body_chars=len(text) - 1)
-    small.add(text, validated)
+    keep(small, text, validated)
     assert small.get(text) is None
     two = ValidatedBodies(max_total_chars=2 * len(text) + 10)
     kept = [note(f"fp{i}") for i in range(3)]  # same length: fp0, fp1, fp2
     for entry in kept:
-        two.add(*entry)
+        keep(two, *entry)
     assert len(two) == 2
     assert two.get(kept[0][0]) is None
 
@@ -92,26 +109,32 @@ def validations(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
     return seen
 
 
-async def test_a_resend_is_validated_once_and_recorded_as_every_copy(
+async def test_resends_are_served_validated_and_recorded_as_every_copy(
         client: Client, validations: list[Any]) -> None:
     text = json.dumps(body(alert("fp1")))
-    first = await post(client, text.encode())
-    again = await post(client, text.encode())
-    assert (first.status, again.status) == (200, 200)
-    assert len(validations) == 1
+    sent = [await post(client, text.encode()) for _ in range(4)]
+    assert [r.status for r in sent] == [200] * 4
+    assert len(validations) == 2  # the third and fourth copies were not parsed
     assert len(client.app[BODIES]) == 1
-    answers = [await first.json(), await again.json()]
-    assert [a["alerts"][0]["status"] for a in answers] == ["new", "deduplicated"]
+    answers = [await r.json() for r in sent]
+    assert [a["alerts"][0]["status"] for a in answers] == ["new"] + ["deduplicated"] * 3
     rows = await client.app[STORE].run(
         lambda tx: tx.fetchall("SELECT id, body FROM notifications ORDER BY id"))
-    assert [r["body"] for r in rows] == [text, text]
-    assert answers[1]["notification"] == rows[1]["id"]
+    assert [r["body"] for r in rows] == [text] * 4
+    assert [a["notification"] for a in answers] == [r["id"] for r in rows]
+    oid = answers[0]["alerts"][0]["occurrence"]
+    steps = await client.app[STORE].run(lambda tx: tx.fetchall(
+        "SELECT kind, detail FROM steps WHERE occurrence_id = ? AND kind = 'deduplicated' "
+        "ORDER BY id", oid))
+    assert [json.loads(s["detail"])["notification"] for s in steps] == [
+        r["id"] for r in rows[1:]]
 
 
 async def test_a_copy_differing_by_one_character_is_validated_on_its_own(
         client: Client, validations: list[Any]) -> None:
     text = json.dumps(body(alert("fp1")))
-    assert (await post(client, text.encode())).status == 200
+    for _ in range(2):
+        assert (await post(client, text.encode())).status == 200
     broken = text.replace('"version": "4"', '"version": "3"')
     assert broken != text
     refused = await post(client, broken.encode())
@@ -119,13 +142,14 @@ async def test_a_copy_differing_by_one_character_is_validated_on_its_own(
     assert "version" in (await refused.json())["error"]
     other = await post(client, text.replace("fp1", "fp2").encode())
     assert (await other.json())["alerts"][0]["status"] == "new"
-    assert len(validations) == 3
+    assert len(validations) == 4
 
 
 async def test_a_kept_body_still_passes_every_check_of_the_request(
         client: Client, validations: list[Any]) -> None:
     text = json.dumps(body(alert("fp1")))
-    assert (await post(client, text.encode())).status == 200
+    for _ in range(2):
+        assert (await post(client, text.encode())).status == 200
     no_token = await client.post("/alerts", data=text,
                                  headers={"Content-Type": "application/json"})
     assert no_token.status == 401
@@ -136,13 +160,13 @@ async def test_a_kept_body_still_passes_every_check_of_the_request(
                                   headers={**AUTH, "Content-Type": "application/json"})
     assert bad_query.status == 400
     assert "paged" in (await bad_query.json())["error"]
-    assert len(validations) == 1
+    assert len(validations) == 2
 
 
 async def test_utf16_bodies_are_validated_each_time(client: Client,
                                                     validations: list[Any]) -> None:
     data = json.dumps(body(alert("fp1"))).encode("utf-16")
-    for _ in range(2):
+    for _ in range(3):
         assert (await post(client, data)).status == 200
-    assert len(validations) == 2
+    assert len(validations) == 3
     assert len(client.app[BODIES]) == 0
