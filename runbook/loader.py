@@ -27,6 +27,7 @@ from runbook.schema import SEVERITIES, AlertSpec, RespondRule, Runbook, step_act
 from runbook.selectors import exporter_job, unscoped
 from runbook.signals import SIGNALS
 from runbook.signals import Source as SignalSource
+from runbook.slo_probes import COUNTS_PROBES, unmeasurable_slos
 from runbook.yamlsource import Path, Source, SourceError, format_path, parse_yaml
 
 
@@ -106,7 +107,7 @@ def _unique(errors: list[SourceError]) -> list[SourceError]:
 
 
 # Cross-check problems that a pruned entry could cause by its absence alone.
-_ABSENCE = ("no alert in this runbook is named", "is not a target defined under")
+_ABSENCE = ("no alert in this runbook is named", "is not a target defined under", COUNTS_PROBES)
 
 
 def _pruned_cross_check(source: Source, exc: ValidationError) -> list[SourceError]:
@@ -242,6 +243,7 @@ def _cross_check(
     problems.extend(_name_collisions(rb, alerts))
     problems.extend(_reserved_labels(rb))
     problems.extend(_unscoped_selectors(rb))
+    problems.extend(unmeasurable_slos(rb))
     known_alertnames = set(seen) | {slo_alertname(s) for s in rb.slos} | set(HEALTH_ALERTNAMES)
     redis_names = {t.name for t in rb.watch.redis}
     pg_names = {t.name for t in rb.watch.postgres}

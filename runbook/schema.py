@@ -206,16 +206,48 @@ class FreshnessCheck(Strict):
         return self
 
 
+def _host_port(target: str) -> str:
+    if not target or "/" in target or any(c.isspace() for c in target):
+        raise ValueError(f"{target!r} is not HOST:PORT: a target is an address as Prometheus' "
+                         "static_configs take it, without scheme or path (the path is "
+                         "metrics_path)")
+    return target
+
+
 class AppMetrics(Strict):
     """The service's own Prometheus metrics, when it exports them."""
 
-    job: str | None = Field(default=None, description="the scrape job of the service")
+    job: str | None = Field(
+        default=None, min_length=1,
+        description="the scrape job of the service's metrics; every rule query of them matches "
+        "it (default: the service name, with targets). Scraped by a prometheus-operator "
+        "ServiceMonitor, the job is the Kubernetes Service's name: set it to that",
+    )
+    targets: list[Annotated[str, AfterValidator(_host_port)]] = Field(
+        default_factory=list,
+        description="HOST:PORT addresses serving the metrics; the rendered prometheus.yml "
+        "scrapes them under job",
+    )
+    metrics_path: str = Field(default="/metrics", pattern=r"^/\S*$",
+                              description="HTTP path of the metrics on each target")
     requests_total: str | None = Field(default=None, description="request counter metric")
     status_label: str = "status"
     error_status: str = Field(default="5..", description="regex of failed status values")
     latency_histogram: str | None = Field(
         default=None, description="latency histogram (base name, without _bucket)"
     )
+
+    @model_validator(mode="after")
+    def _scoped(self) -> AppMetrics:
+        # Services commonly share metric names (http_requests_total): a query without a job
+        # matcher sums every service's series in the Prometheus, and pages for another's errors.
+        if self.job is None and not self.targets:
+            raise ValueError(
+                "give job (the scrape job your Prometheus already scrapes these metrics under) "
+                "or targets (HOST:PORT for the rendered prometheus.yml to scrape, under a job "
+                "named after the service): the rules select the metrics by that job, else they "
+                "would read and fire on other services' series of the same names")
+        return self
 
 
 class Watch(Strict):

@@ -1,4 +1,4 @@
-"""The exporter's metrics in a runbook's own PromQL, and the job that scopes them to it."""
+"""The exporter's metrics in a runbook's own PromQL, and the jobs that scope them and the app's."""
 
 from __future__ import annotations
 
@@ -18,6 +18,16 @@ _NAMED = re.compile(r"\{[^}]*__name__\s*=~?\s*\"(runbook_[A-Za-z0-9_:]*)\"[^}]*\
 def exporter_job(rb: Runbook) -> str:
     """The scrape job of this runbook's exporter."""
     return rb.watch.exporter_job or f"runbook-{rb.service}"
+
+
+def app_job(rb: Runbook) -> str:
+    """The scrape job of the service's own metrics (watch.app): its job, else the service name.
+
+    Services often publish the same metric names (http_requests_total), so every selector of
+    the app's metrics carries this job, as the exporter's carry theirs.
+    """
+    app = rb.watch.app
+    return (app.job if app else None) or rb.service
 
 
 def unscoped(expr: str) -> list[str]:

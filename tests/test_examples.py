@@ -466,6 +466,9 @@ def test_umbrella_numbers() -> None:
     assert tiers(alert(rb, "staleness")) == {"warning": (25 * 3600.0, 0.0)}
     # Line 33: health check every 5 minutes.
     assert rb.runbook.watch.http[0].interval == 5 * MIN
+    # The same check every 30s measures the 99.9% SLO (one failed 5-minute check would page).
+    health, frequent = rb.runbook.watch.http
+    assert (frequent.url, frequent.interval) == (health.url, 30.0)
     slos = {s.name: s for s in rb.runbook.slos}
     assert slos["availability"].objective == approx(0.999)
     assert slos["availability"].window == 30 * 86400.0
@@ -513,7 +516,8 @@ def test_scraper_success_rate_fires_when_nothing_succeeds(promtool: str, tmp_pat
     test = {
         "rule_files": [str(rules)], "evaluation_interval": "1m",
         "tests": [{"interval": "1m",
-                   "input_series": [{"series": 'scraper_runs_total{status="failed"}',
+                   "input_series": [{"series": 'scraper_runs_total{job="scraper",'
+                                               'status="failed"}',
                                      "values": "0+10x40"}],
                    "alert_rule_test": [{"eval_time": "30m", "alertname": "ScraperSuccessRateLow",
                                         "exp_alerts": [

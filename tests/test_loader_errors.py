@@ -590,6 +590,43 @@ def test_custom_sli_reading_every_services_exporter(tmp_path: Path) -> None:
         """, (9, "slos[0].sli.errors", ("selects runbook_probe_requests_total without a job",)))
 
 
+def test_app_metrics_with_no_job_to_select_them_by(tmp_path: Path) -> None:
+    # Other services in the same Prometheus count http_requests_total too: without a job (or
+    # targets to scrape under the service's name) the error-rate rule would sum theirs.
+    check(tmp_path, """
+        service: api
+        watch:
+          http: [{name: health, url: "http://api/health"}]
+          app:
+            requests_total: http_requests_total
+        alerts:
+          error_rate: {critical: 5%, for: 5m}
+        """, (4, "watch.app", ("give job", "or targets", "other services' series")))
+
+
+def test_app_metrics_job_or_targets_each_scope_them(tmp_path: Path) -> None:
+    for scope in ("job: api-web", "targets: [\"10.0.0.5:8080\"]"):
+        loaded = load(tmp_path, f"""
+            service: api
+            watch:
+              app:
+                {scope}
+                requests_total: http_requests_total
+            alerts:
+              error_rate: {{critical: 5%, for: 5m}}
+            """)
+        assert loaded.runbook.watch.app is not None
+
+
+def test_app_target_written_as_a_url(tmp_path: Path) -> None:
+    check(tmp_path, """
+        service: api
+        watch:
+          app:
+            targets: ["http://10.0.0.5:8080/metrics"]
+        """, (4, "watch.app.targets[0]", ("is not HOST:PORT", "without scheme or path")))
+
+
 def test_alertname_of_the_exporters_own_alert(tmp_path: Path) -> None:
     check(tmp_path, """
         service: api
@@ -929,6 +966,78 @@ def test_alertname_taken_by_an_slo(tmp_path: Path) -> None:
         """, (7, "alerts.error_rate.alertname", (
             "AvailabilityErrorBudgetBurn is the one SLO availability alerts under",
             "choose another alertname")))
+
+
+# ------------------------------------------------------------------ SLOs measured by probes
+
+
+def probed_slos(intervals: list[str], *slos: str, app: str = "null") -> str:
+    """A runbook probing one endpoint at these intervals, with these SLOs from line 5 on."""
+    probes = ", ".join(f'{{name: p{i}, url: "https://edge.example/health", interval: {every}}}'
+                       for i, every in enumerate(intervals))
+    listed = "".join(f"\n  - {slo}" for slo in slos)
+    return f"service: edge\nwatch:\n  http: [{probes}]\n  app: {app}\nslos:{listed}\n"
+
+
+AVAILABILITY = "{name: availability, objective: 99.9%}"
+
+
+def test_slo_that_one_failed_probe_would_page_on(tmp_path: Path) -> None:
+    # Seed 004's health check every 5 minutes and 99.9% uptime: 1 of the 12 probes in the
+    # page tier's 1h is 8.33% > 14.4 x 0.1%, and 1 of 864 in 3d is still over the ticket's 0.1%.
+    check(tmp_path, probed_slos(["5m"], AVAILABILITY), (6, "slos[0].objective", (
+        "one failed probe would fire its page and ticket burn-rate alerts",
+        "the SLI counts the watch.http probes and 1h holds 12 of them, so one is 8.33%, over "
+        "the page tier's bound 14.4 x (1 - 99.9%) = 1.44%",
+        "even 3d holds only 864: 0.116% > the ticket tier's bound 0.1%",
+        "To alert on 99.9%: set watch.http[0].interval to 51s or less, or add a probe of the "
+        "same endpoint with interval: 1m1s or less, or lower objective to at most 99.42%, or "
+        "measure the SLI from the app's own metrics (watch.app.requests_total)")))
+
+
+@pytest.mark.parametrize(("accepted", "refused"), [
+    # The reason's fixes load; a little beyond them does not.
+    ((["51s"], AVAILABILITY), (["52s"], AVAILABILITY)),
+    ((["5m", "1m1s"], AVAILABILITY), (["5m", "1m3s"], AVAILABILITY)),
+    ((["5m"], "{name: availability, objective: 99.42%}"),
+     (["5m"], "{name: availability, objective: 99.43%}")),
+    # Every probe of the exporter counts: 72 an hour, one is 1.39% < 1.44%; alone, 1.67%.
+    ((["1m", "5m"], AVAILABILITY), (["1m"], AVAILABILITY)),
+], ids=["interval", "added-probe", "objective", "all-probes-count"])
+def test_slo_measurable_by_its_probes_is_kept(tmp_path: Path, accepted: tuple[list[str], str],
+                                             refused: tuple[list[str], str]) -> None:
+    assert load(tmp_path, probed_slos(*accepted)).runbook.slos
+    check(tmp_path, probed_slos(*refused), (6, "slos[0].objective", ("one failed probe",)))
+
+
+def test_slo_measured_from_the_apps_metrics_is_not_held_to_the_probes(tmp_path: Path) -> None:
+    # The app's request counter measures availability; latency is still the 5m probe's.
+    app = "{job: edge, requests_total: http_requests_total}"
+    text = probed_slos(["5m"], AVAILABILITY,
+                       "{name: fast, objective: 99.9%, sli: {kind: latency, latency: 500ms}}",
+                       app=app)
+    check(tmp_path, text, (7, "slos[1].objective", (
+        "one probe slower than 500ms would fire its page and ticket burn-rate alerts",
+        "watch.app.latency_histogram")))
+    with_histogram = app.replace("}", ", latency_histogram: http_request_duration_seconds}")
+    assert len(load(tmp_path, text.replace(app, with_histogram)).runbook.slos) == 2
+
+
+def test_a_broken_probe_does_not_make_its_slo_look_unmeasurable(tmp_path: Path) -> None:
+    # The 30s probe left out of the cross-check for its inline password would leave the 5m one
+    # alone, which cannot measure 99.9%: that refusal is for when the 30s probe is truly gone.
+    fast = '{name: p1, url: "https://user:secret@edge.example/health", interval: 30s}'
+    text = probed_slos(["5m"], AVAILABILITY).replace("interval: 5m}", "interval: 5m}, " + fast)
+    check(tmp_path, text, (3, "watch.http[1].url", ("password written inline",)))
+    check(tmp_path, probed_slos(["5m"], AVAILABILITY), (6, "slos[0].objective", (
+        "one failed probe would fire",)))
+
+
+def test_probe_measured_slo_without_probes(tmp_path: Path) -> None:
+    check(tmp_path, probed_slos([], AVAILABILITY), (6, "slos[0].objective", (
+        "this SLI counts the watch.http probes and this runbook has none",
+        "add a watch.http probe with interval: 51s or less",
+        "watch.app.requests_total")))
 
 
 # ------------------------------------------------------------------ labels the rules own

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from runbook.loader import load_runbook, load_text
+from runbook.loader import LoadedRunbook, load_runbook, load_text
 from runbook.render import RenderError
 from runbook.render.gotemplate import go_float, humanize, humanize_duration, humanize_percentage
 from runbook.render.output import Options, render_all, write_all
@@ -545,14 +545,74 @@ def test_probe_window_follows_the_longest_probe_interval() -> None:
     assert signal_window(load_text(SINK).runbook, "error_rate", Timing()) == 300.0
 
 
+PROBE_SAMPLE = 30.0  # seconds between samples of the probe counters fed to promtool
+
+
+def _probe_counters(loaded: LoadedRunbook, failed: dict[str, set[float]],
+                    end: float) -> list[dict[str, str]]:
+    """Every probe's counters until `end`, a probe every `interval` of its own; the probes
+    made at the times in `failed[target]` fail."""
+    from runbook.render.expressions import PROBE_REQUESTS, selector
+    from runbook.render.rule_tests import compress, scrape_labels
+
+    rb = loaded.runbook
+    out = []
+    for probe in rb.watch.http:
+        assert probe.interval % PROBE_SAMPLE == 0, probe.interval
+        failures = failed.get(probe.name, set())
+        bad: list[float | None] = []
+        good: list[float | None] = []
+        for k in range(round(end / PROBE_SAMPLE) + 1):
+            now = k * PROBE_SAMPLE
+            failed_by_now = sum(1 for at in failures if at <= now)
+            bad.append(float(failed_by_now))
+            good.append(float(now // probe.interval - failed_by_now))
+        labels = {**scrape_labels(rb), "target": probe.name}
+        out += [{"series": selector(PROBE_REQUESTS, {**labels, "result": "failure"}),
+                 "values": compress(bad)},
+                {"series": selector(PROBE_REQUESTS, {**labels, "result": "success"}),
+                 "values": compress(good)}]
+    return out
+
+
+def test_one_failed_health_check_does_not_page_umbrellas_availability_slo(
+        promtool: str, tmp_path: Path) -> None:
+    """Seed 004 alerts after "2+ consecutive checks" (line 135): one failed probe, of either
+    health probe, fires no burn-rate tier of the 99.9% SLO; two in a row of the 30s probe page."""
+    loaded = load_runbook(ROOT / "examples" / "umbrella.yml")
+    write_all(render_all([loaded], Options()), tmp_path)
+    at = 25 * 3600.0  # after a day of clean probes: every window up to 1d is full
+    fastest = min(loaded.runbook.watch.http, key=lambda p: p.interval)
+    firing = ('count by (tier) (ALERTS{alertname="AvailabilityErrorBudgetBurn",'
+              'alertstate="firing"})')
+
+    def case(failed: dict[str, set[float]], after: list[float],
+             tiers: list[str]) -> dict[str, object]:
+        return {"interval": f"{PROBE_SAMPLE:g}s",
+                "input_series": _probe_counters(loaded, failed, at + max(after)),
+                "promql_expr_test": [
+                    {"expr": firing, "eval_time": f"{(at + wait) / 60:g}m",
+                     "exp_samples": [{"labels": f'{{tier="{t}"}}', "value": 1} for t in tiers]}
+                    for wait in after]}
+
+    tests = [case({probe.name: {at}}, [60.0, 300.0, 1800.0], [])
+             for probe in loaded.runbook.watch.http]
+    tests.append(case({fastest.name: {at, at + fastest.interval}}, [120.0], ["page"]))
+    rules = tmp_path / "alert_rules"
+    test = {"rule_files": ["umbrella.rules.yml"], "evaluation_interval": "1m", "tests": tests}
+    (rules / "one_failed_probe_test.yml").write_text(yaml.safe_dump(test, sort_keys=False))
+    run = promtool_run(promtool, "test", "rules", "one_failed_probe_test.yml", cwd=rules)
+    assert run.returncode == 0, run.stdout + run.stderr
+
+
 # A reviewer's edits of committed rule files that the generated tests used to pass: a tier
 # threshold quadrupled, a latency tier almost doubled, the page burn factor cut to a sixth,
 # and the page's 5m short window stretched to 3d.
 REVIEWER_MUTATIONS = [
     ("cinder-js", "ErrorRateHigh", "cinder_js:error_rate:ratio > 0.01",
      "cinder_js:error_rate:ratio > 0.04"),
-    ("umbrella", "LatencyP95High", "umbrella:latency_p95:seconds > 1",
-     "umbrella:latency_p95:seconds > 1.9"),
+    ("umbrella", "LatencyP95High", 'umbrella:latency_p95:seconds{target="health_frequent"} > 1',
+     'umbrella:latency_p95:seconds{target="health_frequent"} > 1.9'),
     ("umbrella", "AvailabilityErrorBudgetBurn", "> 0.0144", "> 0.0025"),
     ("umbrella", "AvailabilityErrorBudgetBurn", 'ratio_rate5m{slo="availability"}',
      'ratio_rate3d{slo="availability"}'),

@@ -10,7 +10,7 @@ from runbook.alerting import ResolvedAlert
 from runbook.render import RenderError
 from runbook.render.timing import RATE_WINDOW, Timing, dur
 from runbook.schema import Runbook, Slo
-from runbook.selectors import exporter_job
+from runbook.selectors import app_job, exporter_job
 from runbook.signals import Unit
 
 QUANTILES = {"latency_p95": 0.95, "latency_p99": 0.99}
@@ -78,7 +78,9 @@ def app_histogram(rb: Runbook) -> str | None:
 
 
 def _app_job(rb: Runbook) -> dict[str, str]:
-    return {"job": rb.watch.app.job} if rb.watch.app and rb.watch.app.job else {}
+    """The matcher every selector of the app's own metrics carries: without it, one Prometheus
+    scraping several services would sum their http_requests_total into this one's rules."""
+    return {"job": app_job(rb)}
 
 
 def exporter_selector(rb: Runbook, metric: str, matchers: dict[str, str] | None = None) -> str:

@@ -1,4 +1,4 @@
-"""deploy/prometheus.yml: scrape the exporter and the responder, load the rules, alert."""
+"""deploy/prometheus.yml: scrape the exporters, the apps, the responder; load the rules, alert."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from runbook.loader import LoadedRunbook
 from runbook.render import RenderError
 from runbook.render.timing import Timing, dur
 from runbook.render.yamlout import dump_yaml
-from runbook.selectors import exporter_job
+from runbook.schema import Runbook
+from runbook.selectors import app_job, exporter_job
 
 EXPORTER = "127.0.0.1:9817"
 ALERTMANAGER = "127.0.0.1:9093"
@@ -58,6 +59,32 @@ def exporter_targets(runbooks: list[LoadedRunbook], exporters: list[str]) -> dic
     return {s: sorted(set(t)) for s, t in out.items()}
 
 
+def app_scrape_job(rb: Runbook) -> dict[str, Any] | None:
+    """The scrape job of the service's own metrics, when watch.app says where they are.
+
+    Named as the rules' selectors of those metrics expect (watch.app.job, else the service).
+    Without targets the user's Prometheus already scrapes them under that job: nothing to add.
+    """
+    app = rb.watch.app
+    if app is None or not app.targets:
+        return None
+    return {"job_name": app_job(rb), "metrics_path": app.metrics_path,
+            "static_configs": [{"targets": list(app.targets)}]}
+
+
+def _refuse_repeated_jobs(jobs: list[dict[str, Any]]) -> None:
+    # Prometheus refuses a config naming one job twice; and one job holding the app's and an
+    # exporter's series would make each one's rules read the other's.
+    seen: set[str] = set()
+    for job in jobs:
+        name = job["job_name"]
+        if name in seen:
+            raise RenderError(f"scrape job {name!r} is rendered twice: every watch.exporter_job "
+                              "and watch.app.job of the runbooks rendered together must differ "
+                              "(and differ from runbook-responder)")
+        seen.add(name)
+
+
 def prometheus_config(runbooks: list[LoadedRunbook], timing: Timing, responder_url: str,
                       exporters: list[str], alertmanager: str,
                       rules_dir: str = "../alert_rules") -> dict[str, Any]:
@@ -70,16 +97,16 @@ def prometheus_config(runbooks: list[LoadedRunbook], timing: Timing, responder_u
     jobs: list[dict[str, Any]] = [
         {"job_name": exporter_job(lb.runbook),
          "static_configs": [{"targets": targets[lb.service]}]} for lb in runbooks]
+    jobs += [job for lb in runbooks if (job := app_scrape_job(lb.runbook)) is not None]
+    responder_job = {"job_name": "runbook-responder", "scheme": responder.scheme or "http",
+                     "static_configs": [{"targets": [responder_target(responder_url)]}]}
+    _refuse_repeated_jobs([*jobs, responder_job])
     return {
         "global": {"scrape_interval": interval, "scrape_timeout": timeout,
                    "evaluation_interval": interval},
         "rule_files": [f"{rules_dir}/{lb.service}.rules.yml" for lb in runbooks],
         "alerting": {"alertmanagers": [{"static_configs": [{"targets": [alertmanager]}]}]},
-        "scrape_configs": [
-            *jobs,
-            {"job_name": "runbook-responder", "scheme": responder.scheme or "http",
-             "static_configs": [{"targets": [responder_target(responder_url)]}]},
-        ],
+        "scrape_configs": [*jobs, responder_job],
     }
 
 

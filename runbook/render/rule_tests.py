@@ -36,7 +36,7 @@ from runbook.render.rules import (
 from runbook.render.timing import Timing, dur
 from runbook.render.yamlout import dump_yaml
 from runbook.schema import Runbook
-from runbook.selectors import exporter_job
+from runbook.selectors import app_job, exporter_job
 from runbook.signals import Unit
 
 INSTANCE = "127.0.0.1:9817"
@@ -225,8 +225,7 @@ def build_inputs(rb: Runbook, rule: TierRule, scenario: Scenario, quiet: float,
     if name in ("error_rate", "success_rate"):
         app = rb.watch.app
         if app and app.requests_total:
-            job = {"job": app.job} if app.job else {}
-            base = {**scrape, **job}
+            base = {**scrape, "job": app_job(rb)}
             bad = {**base, app.status_label: "500"}
             good = {**base, app.status_label: "200"}
             metric = app.requests_total
@@ -240,9 +239,7 @@ def build_inputs(rb: Runbook, rule: TierRule, scenario: Scenario, quiet: float,
                 _sel(metric, good): _counter(act, per_step - bad_step)}
     if name in ex.QUANTILES:
         hist = ex.app_histogram(rb)
-        app = rb.watch.app
-        base_labels = {**scrape, **({"job": app.job} if app and app.job else {})} \
-            if hist else raw
+        base_labels = {**scrape, "job": app_job(rb)} if hist else raw
         metric = f"{hist}_bucket" if hist else f"{ex.PROBE_LATENCY}_bucket"
         # The value is bucket_low + (bucket_high - bucket_low) * q with every observation in
         # (bucket_low, bucket_high]; see _quantile_value.
@@ -771,8 +768,7 @@ def _slo_inputs(rb: Runbook, kind: str, latency: float | None,
         assert latency is not None
         hist = ex.app_histogram(rb)
         base = hist or ex.PROBE_LATENCY
-        app = rb.watch.app
-        labels = {**scrape, **({"job": app.job} if hist and app and app.job else {})}
+        labels = {**scrape, "job": app_job(rb)} if hist else scrape
         return {
             _sel(f"{base}_bucket", {**labels, "le": ex.number(latency)}): good,
             _sel(f"{base}_bucket", {**labels, "le": "+Inf"}): total,
@@ -780,9 +776,8 @@ def _slo_inputs(rb: Runbook, kind: str, latency: float | None,
         }
     app = rb.watch.app
     if app and app.requests_total:
-        job = {"job": app.job} if app.job else {}
-        bad_labels = {**scrape, **job, app.status_label: "500"}
-        good_labels = {**scrape, **job, app.status_label: "200"}
+        bad_labels = {**scrape, "job": app_job(rb), app.status_label: "500"}
+        good_labels = {**scrape, "job": app_job(rb), app.status_label: "200"}
         metric = app.requests_total
     else:
         bad_labels = {**scrape, "result": "failure"}
