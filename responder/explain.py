@@ -158,7 +158,8 @@ async def _explain(loaded: LoadedRunbook, alerts: list[dict[str, str]], store_ur
     source = "no store found: fresh state"
     sqlite_file = Path(data_dir) / "responder.sqlite3"
     if store_url or sqlite_file.exists():
-        store = open_store(store_url, data_dir)
+        # Read-only: a running responder holds the SQLite store's lock.
+        store = open_store(store_url, data_dir, read_only=True)
         await store.open()
         source = "from " + ("the PostgreSQL store" if store_url else str(sqlite_file))
     try:

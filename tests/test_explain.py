@@ -99,6 +99,18 @@ async def test_rails_come_from_the_store(tmp_path: Path) -> None:
     assert "decision: paging" in done.stdout
 
 
+async def test_reads_the_store_of_a_running_responder(tmp_path: Path) -> None:
+    await _scale_ran(tmp_path, 60)
+    running = SqliteStore(tmp_path / "data" / "responder.sqlite3")
+    await running.open()  # holds the store's lock, as a running responder does
+    try:
+        done = await asyncio.to_thread(_explain, tmp_path, CRITICAL)
+        assert done.returncode == 0, done.stderr
+        assert "HIT cooldown" in done.stdout
+    finally:
+        await running.close()
+
+
 @pytest.mark.parametrize("content", ["[1, 2]", "not json", '{"alerts": []}'])
 def test_bad_alert_file_is_a_clear_error(tmp_path: Path, content: str) -> None:
     (tmp_path / "rb.yml").write_text(RUNBOOK)

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -15,6 +18,7 @@ from responder.payload import occurrence_id
 from tests.stack import Stack, free_port, http_json, stack
 from tests.test_responder_support import TOKEN, ThreadSink, body, runbook
 
+RUNBOOK_BIN = str(Path(sys.executable).with_name("runbook"))
 OID = occurrence_id("fp1", "2026-11-24T07:12:19.279000Z")
 
 
@@ -78,6 +82,27 @@ def test_action_cut_short_by_a_crash_is_escalated_not_rerun(tmp_path: Path) -> N
             assert len(sink.received) == 1
     finally:
         sink.close()
+
+
+def test_a_second_responder_on_one_sqlite_store_exits_with_the_reason(tmp_path: Path) -> None:
+    rb = tmp_path / "runbook.yml"
+    rb.write_text(runbook("  - name: gauge\n    match: {alertname: GaugeHigh}\n    mode: page\n"
+                          "    external: true\n"))
+    data_dir = str(tmp_path / "data")
+    with stack() as s:
+        url = start(s, "responder-1", rb, "--data-dir", data_dir)
+        second = subprocess.run(
+            [RUNBOOK_BIN, "responder", "--runbook", str(rb), "--listen",
+             f"127.0.0.1:{free_port()}", "--data-dir", data_dir],
+            env={**os.environ, "RUNBOOK_WEBHOOK_TOKEN": TOKEN}, capture_output=True, text=True,
+            timeout=60, check=False)
+        assert second.returncode == 1, second.stderr
+        assert "another responder already uses the SQLite store" in second.stderr
+        # The first one still records and answers.
+        assert asyncio.run(post_many([url], body(), 1)) == [200]
+        s.procs[-1].kill()
+        # The kernel drops a dead holder's lock: a restart is never locked out.
+        start(s, "responder-2", rb, "--data-dir", data_dir)
 
 
 def test_two_replicas_on_one_postgres_decide_once(tmp_path: Path, postgres_dsn: str) -> None:

@@ -109,6 +109,21 @@ async def test_unwritable_sqlite_fails_to_open(tmp_path: Path) -> None:
         await store.open()
 
 
+async def test_a_second_store_on_one_sqlite_file_is_refused_until_the_first_closes(
+        tmp_path: Path) -> None:
+    first = open_store(None, tmp_path / "data")
+    await first.open()
+    second = open_store(None, tmp_path / "data")
+    with pytest.raises(StoreError, match="another responder already uses the SQLite store"):
+        await second.open()
+    reader = open_store(None, tmp_path / "data", read_only=True)
+    await reader.open()  # explain's read-only store takes no lock
+    await reader.close()
+    await first.close()
+    await second.open()
+    await second.close()
+
+
 async def test_failed_page_is_retried_with_backoff(store: Store) -> None:
     note = Notification.model_validate(body(alert("p1")))
     result = await store.run(lambda tx: intake(tx, note, "{}", Policy(load(PAGE_RULE)), 1.0))

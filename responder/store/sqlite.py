@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import fcntl
 import json
 import logging
+import os
 import queue
 import sqlite3
 import threading
@@ -77,13 +79,21 @@ def _drive(awaitable: Awaitable[T]) -> T:
 
 
 class SqliteStore(Store):
-    """State in one local SQLite file; locks in-process (one responder per file)."""
+    """State in one local SQLite file; locks in-process, so one responder per file.
+
+    The file's lock (`<file>.lock`, held while open) refuses a second responder: its single
+    writer thread is what makes decisions exactly-once, and a second process on the same file
+    would decide the same occurrences again. A read-only store (`runbook explain`) takes no
+    lock and writes nothing.
+    """
 
     dialect = "sqlite"
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, read_only: bool = False) -> None:
         self.path = Path(path)
         self.url = f"sqlite:///{self.path}"
+        self.read_only = read_only
+        self._lock_fd: int | None = None
         self._jobs: queue.SimpleQueue[_Queued | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -94,16 +104,54 @@ class SqliteStore(Store):
     async def open(self) -> None:
         self._loop = asyncio.get_running_loop()
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._conn = await asyncio.to_thread(self._connect)
+            if self.read_only:
+                self._conn = await asyncio.to_thread(self._connect_read_only)
+            else:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._lock_fd = self._take_lock()
+                self._conn = await asyncio.to_thread(self._connect)
         except (OSError, sqlite3.Error) as exc:
+            self._release_lock()
             raise StoreError(f"cannot open SQLite store {self.path}: {exc}") from exc
         self._thread = threading.Thread(target=self._writer, name="sqlite-writer", daemon=True)
         self._thread.start()
+        if self.read_only:
+            return
         self._stop_checkpoints.clear()
         self._checkpointer = threading.Thread(target=self._checkpoints, name="sqlite-checkpoint",
                                               daemon=True)
         self._checkpointer.start()
+
+    def _take_lock(self) -> int:
+        """The file's lock, or StoreError when another process holds it (the kernel drops it
+        when the holder dies, so a crash never leaves the store locked)."""
+        lock_path = self.path.with_name(self.path.name + ".lock")
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise StoreError(
+                f"another responder already uses the SQLite store {self.path} (it holds "
+                f"{lock_path}): run one responder per SQLite file, or share a PostgreSQL store "
+                "(--store postgresql://...) between replicas") from None
+        except OSError:
+            os.close(fd)
+            raise
+        return fd
+
+    def _release_lock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def _connect_read_only(self) -> sqlite3.Connection:
+        # mode=ro: no schema, no pragma that writes; it reads a running responder's WAL too.
+        uri = self.path.resolve().as_uri() + "?mode=ro"
+        conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA busy_timeout=5000")
+        return conn
 
     def _checkpoints(self) -> None:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -150,6 +198,7 @@ class SqliteStore(Store):
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+        self._release_lock()
 
     async def run(self, op: Callable[[Tx], Awaitable[T]]) -> T:
         return await self._submit(op, urgent=False)
@@ -196,7 +245,7 @@ class SqliteStore(Store):
     def _run_batch(self, conn: sqlite3.Connection, tx: SqliteTx, batch: list[_Job]) -> None:
         results: list[Answer] = []
         try:
-            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("BEGIN" if self.read_only else "BEGIN IMMEDIATE")
             resends: list[tuple[asyncio.Future[Any], IntakeJob]] = []
             for future, op in batch:
                 if isinstance(op, IntakeJob) and op.likely_resend:
