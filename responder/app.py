@@ -20,6 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 
 from responder import ui
+from responder.actions.notify import unset_page_env
 from responder.bodies import ValidatedBodies
 from responder.known import KnownOccurrences
 from responder.metrics import Metrics
@@ -391,6 +392,11 @@ def build_app(loaded: LoadedRunbook, store: Store, settings: Settings,
     """The responder app; the store is opened and closed with it."""
     if not settings.token:
         raise ValueError("a webhook token is required (RUNBOOK_WEBHOOK_TOKEN or --token-file)")
+    for unset in unset_page_env(loaded.runbook.page, settings.env):
+        # Not fatal: the main command runs on embedded defaults with no receiver configured.
+        # But a page would fail (and be retried, then end page_failed) without a word till then.
+        log.warning("a paging receiver reads an env var that is not set (%s): its pages will "
+                    "fail until the responder is restarted with it", unset)
     app = web.Application(client_max_size=settings.max_body)
     app[STORE] = store
     app[POLICY] = Policy(loaded)

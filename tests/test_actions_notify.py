@@ -4,7 +4,9 @@ PagerDuty, Slack and a generic webhook: exact bodies, severity routing, secrets 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -14,6 +16,8 @@ from prometheus_client import CollectorRegistry
 from responder.actions import ActionMetrics, resolve_page, run_action
 from responder.actions.base import ActionContext, Outcome, Status
 from responder.actions.notify import resolve
+from responder.app import Settings, build_app
+from responder.store import open_store
 from runbook.actions import PageParams
 from tests.actions_support import STARTS, Recorder, book, context, recorder
 
@@ -232,3 +236,21 @@ async def test_dry_run_sends_nothing(session: aiohttp.ClientSession, server: Rec
     assert result.status is Status.DRY_RUN
     assert result.detail["receivers"] == ["pagerduty#0", "slack#1"]
     assert server.requests == []
+
+
+def test_receivers_reading_unset_env_vars_are_named_at_start(
+        caplog: pytest.LogCaptureFixture, tmp_path: Path) -> None:
+    loaded = book(_book("http://127.0.0.1:9"))
+    env = {"PD_KEY": PD_KEY, "SLACK_URL": "", "PATH": "/usr/bin"}
+    with caplog.at_level(logging.WARNING, logger="responder"):
+        build_app(loaded, open_store(None, tmp_path / "data"), Settings(token="t", env=env))
+    unset = sorted(r.getMessage().split("(")[1].split(")")[0] for r in caplog.records)
+    assert unset == ["page.critical[1].slack.webhook_url_env: SLACK_URL",
+                     "page.default[0].slack.webhook_url_env: SLACK_URL",
+                     "page.warning[0].webhook.token_env: HOOK_TOKEN"]
+    assert PD_KEY not in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="responder"):
+        build_app(loaded, open_store(None, tmp_path / "data"),
+                  Settings(token="t", env={**env, "SLACK_URL": "https://x", "HOOK_TOKEN": "h"}))
+    assert caplog.records == []

@@ -8,6 +8,7 @@ env vars and never enter an outcome or a log line.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import aiohttp
@@ -115,6 +116,27 @@ def webhook_body(
     """The generic webhook's JSON: the event, the alert and what was tried."""
     return {"event": event, "service": ctx.runbook.service, "severity": severity,
             "summary": summary(ctx, severity), **_details(ctx, message)}
+
+
+def receiver_env(receiver: Receiver) -> list[tuple[str, str]]:
+    """The env vars a receiver reads when it pages: (its key, the var's name)."""
+    if receiver.pagerduty is not None:
+        return [("pagerduty.routing_key_env", receiver.pagerduty.routing_key_env)]
+    if receiver.slack is not None:
+        return [("slack.webhook_url_env", receiver.slack.webhook_url_env)]
+    assert receiver.webhook is not None
+    hook = receiver.webhook
+    return [(f"webhook.{key}", name) for key, name in
+            (("url_env", hook.url_env), ("token_env", hook.token_env)) if name]
+
+
+def unset_page_env(page: Mapping[str, list[Receiver]], env: Mapping[str, str]) -> list[str]:
+    """Where the runbook's paging receivers read an env var that is empty or not set
+    (`page.critical[0].slack.webhook_url_env: SLACK_URL`); never the values."""
+    return [f"page.{severity}[{i}].{key}: {name}"
+            for severity, receivers in page.items()
+            for i, receiver in enumerate(receivers)
+            for key, name in receiver_env(receiver) if not env.get(name)]
 
 
 def _secret(ctx: ActionContext, var: str) -> str:
