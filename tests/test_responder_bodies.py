@@ -3,7 +3,9 @@ notification, and anything that differs by one character is validated on its own
 
 from __future__ import annotations
 
+import gc
 import json
+import tracemalloc
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -75,17 +77,44 @@ def test_entries_are_bounded_least_recent_first() -> None:
     assert bodies.get(kept[2][0]) is kept[2][1]
 
 
-def test_characters_are_bounded_per_body_and_in_total() -> None:
+def test_bodies_are_bounded_per_body_and_in_bytes() -> None:
     text, validated = note()
     small = ValidatedBodies(max_body_chars=len(text) - 1)
     keep(small, text, validated)
     assert small.get(text) is None
-    two = ValidatedBodies(max_total_chars=2 * len(text) + 10)
+    two = ValidatedBodies(max_total_bytes=2 * ValidatedBodies.entry_bytes(text, True) + 10)
     kept = [note(f"fp{i}") for i in range(3)]  # same length: fp0, fp1, fp2
     for entry in kept:
         keep(two, *entry)
     assert len(two) == 2
     assert two.get(kept[0][0]) is None
+
+
+def big_body(i: int, label: str) -> tuple[str, Notification]:
+    """About 60 KiB: many alerts, as a big group's notification."""
+    alerts = [alert(f"fp{i}-{j}", instance=f"{label}-{j}") for j in range(150)]
+    text = json.dumps(body(*alerts), ensure_ascii=False)
+    return text, Notification.model_validate_json(text)
+
+
+@pytest.mark.parametrize("label", ["host", "h\U0001f525st"])
+def test_a_flood_of_big_distinct_bodies_stays_within_the_budget(label: str) -> None:
+    budget = 4 * 1024 * 1024
+    bodies = ValidatedBodies(max_total_bytes=budget)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(150):
+            text, validated = big_body(i, label)
+            keep(bodies, text, validated)
+            del text, validated
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert 0 < len(bodies) < 150
+    # The estimate may err by a tenth either way; 1.25 x the budget leaves room for the rest.
+    assert held < 1.25 * budget, f"{held / 2**20:.1f} MiB held for a {budget / 2**20:.0f} MiB budget"
 
 
 @pytest.fixture

@@ -105,6 +105,24 @@ def test_a_second_responder_on_one_sqlite_store_exits_with_the_reason(tmp_path: 
         start(s, "responder-2", rb, "--data-dir", data_dir)
 
 
+def test_runbook_run_on_a_held_store_exits_before_writing_a_token(tmp_path: Path) -> None:
+    rb = tmp_path / "runbook.yml"
+    rb.write_text(runbook("  - name: gauge\n    match: {alertname: GaugeHigh}\n    mode: page\n"
+                          "    external: true\n"))
+    data_dir = tmp_path / "data"
+    with stack() as s:
+        start(s, "responder-1", rb, "--data-dir", str(data_dir))
+        env = {k: v for k, v in os.environ.items() if k != "RUNBOOK_WEBHOOK_TOKEN"}
+        second = subprocess.run(
+            [RUNBOOK_BIN, "run", "--runbook", str(rb), "--data-dir", str(data_dir),
+             "--exporter-listen", f"127.0.0.1:{free_port()}",
+             "--responder-listen", f"127.0.0.1:{free_port()}"],
+            env=env, capture_output=True, text=True, timeout=60, check=False)
+        assert second.returncode == 1, second.stderr
+        assert "another responder already uses the SQLite store" in second.stderr
+        assert not (data_dir / "webhook_token").exists()
+
+
 def test_two_replicas_on_one_postgres_decide_once(tmp_path: Path, postgres_dsn: str) -> None:
     runs = tmp_path / "runs.txt"
     code = "import sys; open(sys.argv[1], 'a').write(sys.argv[2] + '\\n')"

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -122,6 +126,55 @@ async def test_a_second_store_on_one_sqlite_file_is_refused_until_the_first_clos
     await first.close()
     await second.open()
     await second.close()
+
+
+async def test_a_symlink_to_the_store_meets_the_same_lock(tmp_path: Path) -> None:
+    first = open_store("sqlite:///" + str(tmp_path / "a.sqlite3"))
+    await first.open()
+    (tmp_path / "b.sqlite3").symlink_to(tmp_path / "a.sqlite3")
+    second = open_store("sqlite:///" + str(tmp_path / "b.sqlite3"))
+    try:
+        with pytest.raises(StoreError, match="another responder already uses"):
+            await second.open()
+    finally:
+        await first.close()
+
+
+async def test_a_planted_lock_symlink_creates_nothing_elsewhere(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    victim = tmp_path / "victim"
+    (data / "responder.sqlite3.lock").symlink_to(victim)
+    store = open_store(None, data)
+    with pytest.raises(StoreError, match="cannot open SQLite store"):
+        await store.open()
+    assert not victim.exists()
+
+
+async def test_a_lock_file_root_created_stays_the_data_dirs_owners() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("runs the store as root in another user's data dir")
+    # pytest's tmp_path is root's alone (0700): the service user could not reach it.
+    base = Path(tempfile.mkdtemp(prefix="rbap-lock-"))
+    try:
+        base.chmod(0o755)
+        data = base / "data"
+        data.mkdir()
+        os.chown(data, 65534, 65534)  # nobody's, as a service user's state dir
+        store = open_store(None, data)
+        await store.open()
+        await store.close()
+        lock = data / "responder.sqlite3.lock"
+        assert (lock.stat().st_uid, lock.stat().st_gid) == (65534, 65534)
+        # The service user can now take the lock root's run left behind.
+        taken = subprocess.run(
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable,
+             "-c", "import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDONLY); "
+             "fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)", str(lock)],
+            capture_output=True, text=True, timeout=30, check=False)
+        assert taken.returncode == 0, taken.stderr
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
 
 
 async def test_failed_page_is_retried_with_backoff(store: Store) -> None:

@@ -12,7 +12,7 @@ __all__ = ["IntakeResult", "Store", "StoreError", "WorkItem", "open_store"]
 def open_store(url: str | None, data_dir: str | Path = "data", read_only: bool = False) -> Store:
     """A store (not yet opened) for a URL: postgresql://..., sqlite:///path, or None (SQLite).
 
-    read_only: only reads are run (a SQLite store then takes no lock and creates nothing).
+    read_only: only reads are run (a SQLite store then takes no lock and writes no row).
     """
     if url is None or url == "":
         from responder.store.sqlite import SqliteStore

@@ -133,6 +133,10 @@ class Store(ABC):
     async def open(self) -> None:
         """Connect and create the tables."""
 
+    def claim(self) -> None:  # noqa: B027 - optional: most stores need no claim
+        """Become the store's only writer where the store needs one (SQLite: its file lock),
+        raising StoreError when another process is; open() claims too. Nothing by default."""
+
     @abstractmethod
     async def close(self) -> None:
         """Release connections and threads."""

@@ -15,6 +15,7 @@ import logging
 import os
 import queue
 import sqlite3
+import stat
 import threading
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
@@ -107,8 +108,7 @@ class SqliteStore(Store):
             if self.read_only:
                 self._conn = await asyncio.to_thread(self._connect_read_only)
             else:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                self._lock_fd = self._take_lock()
+                self.claim()
                 self._conn = await asyncio.to_thread(self._connect)
         except (OSError, sqlite3.Error) as exc:
             self._release_lock()
@@ -122,12 +122,25 @@ class SqliteStore(Store):
                                               daemon=True)
         self._checkpointer.start()
 
+    def claim(self) -> None:
+        if self._lock_fd is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._lock_fd = self._take_lock()
+
     def _take_lock(self) -> int:
         """The file's lock, or StoreError when another process holds it (the kernel drops it
         when the holder dies, so a crash never leaves the store locked)."""
-        lock_path = self.path.with_name(self.path.name + ".lock")
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        # The resolved path: a symlink to the same database must meet the same lock.
+        real = self.path.resolve()
+        lock_path = real.with_name(real.name + ".lock")
+        # Read-only is enough for flock, so a lock file left by another user (root) who may
+        # read it does not lock the service out; O_NOFOLLOW: a planted symlink must not make a
+        # root responder create a file elsewhere.
+        fd = os.open(lock_path, os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
         try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise OSError(f"{lock_path} is not a regular file")
+            self._give_to_directory_owner(fd, lock_path.parent)
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
@@ -139,6 +152,16 @@ class SqliteStore(Store):
             os.close(fd)
             raise
         return fd
+
+    @staticmethod
+    def _give_to_directory_owner(fd: int, directory: Path) -> None:
+        # Run once as root in a service user's data dir, the lock file must stay the user's,
+        # as SQLite keeps its -wal and -shm files the database owner's.
+        if os.geteuid() != 0:
+            return
+        owner = os.stat(directory)
+        if os.fstat(fd).st_uid != owner.st_uid:
+            os.fchown(fd, owner.st_uid, owner.st_gid)
 
     def _release_lock(self) -> None:
         if self._lock_fd is not None:

@@ -142,6 +142,7 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--token-file {args.token_file} is empty")
         # Everything that can be refused is checked before a token file is written.
         store = open_store(args.store, data_dir)
+        store.claim()  # a second responder on this data dir must not leave a token behind
         exporter = exporter_app.build_app(loaded, options=Options(state_dir=str(data_dir)))
         if not token:
             token, path, created = ensure_token(data_dir)
@@ -157,6 +158,9 @@ def run(args: argparse.Namespace) -> int:
     except (OSError, ValueError, ConfigError) as exc:
         print(f"runbook run: {exc}", file=sys.stderr)
         return 2
+    except StoreError as exc:
+        print(f"runbook run: {exc}", file=sys.stderr)
+        return 1
     (ehost, eport), (rhost, rport) = args.exporter_listen, args.responder_listen
     source = args.runbook or f"{DEFAULT_RUNBOOK.name} (built in)"
     ready = (f"runbook run: {loaded.service} from {source}; exporter on "
