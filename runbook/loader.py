@@ -24,7 +24,7 @@ from runbook.alerting import (
 )
 from runbook.matchers import Matcher, matchers_for, parse_matcher
 from runbook.schema import SEVERITIES, AlertSpec, RespondRule, Runbook, step_action
-from runbook.selectors import exporter_job, unscoped
+from runbook.selectors import app_job, app_series, exporter_job, unscoped
 from runbook.signals import SIGNALS
 from runbook.signals import Source as SignalSource
 from runbook.slo_probes import COUNTS_PROBES, unmeasurable_slos
@@ -341,12 +341,18 @@ def _unscoped_selectors(rb: Runbook) -> Iterator[Problem]:
     for i, slo in enumerate(rb.slos):
         exprs += [(("slos", i, "sli", part), text) for part, text in
                   (("errors", slo.sli.errors), ("total", slo.sli.total)) if text]
+    app_names = app_series(rb)
     for path, text in exprs:
         names = unscoped(text)
         if names:
             yield path, (f"selects {', '.join(names)} without a job matcher: every service's "
                          "exporter publishes these names, so this would read (and fire on) "
                          f"other services' series too; add job=\"{exporter_job(rb)}\"")
+        names = unscoped(text, app_names) if app_names else []
+        if names:
+            yield path, (f"selects {', '.join(names)} (watch.app) without a job matcher: "
+                         "services share metric names, so this would read (and fire on) other "
+                         f"services' series too; add job=\"{app_job(rb)}\"")
 
 
 def _name_collisions(rb: Runbook, alerts: list[ResolvedAlert]) -> Iterator[Problem]:

@@ -575,6 +575,27 @@ def test_expr_reading_every_services_exporter(tmp_path: Path) -> None:
                                            'add job="runbook-api"')))
 
 
+def test_expr_reading_every_services_app_metrics(tmp_path: Path) -> None:
+    # Services share http_requests_total: a hand-written expr of the app's metrics needs the
+    # app's job as much as the rendered rules do.
+    check(tmp_path, """
+        service: api
+        watch:
+          host: null
+          app: {job: api, requests_total: http_requests_total, latency_histogram: http_seconds}
+        alerts:
+          slow_share:
+            expr: >-
+              sum(rate(http_seconds_bucket{le="1"}[5m]))
+              / sum(rate(http_requests_total{job="api"}[5m]))
+            unit: ratio
+            below: true
+            warning: 90%
+            for: 5m
+        """, (7, "alerts.slow_share.expr", ("selects http_seconds_bucket (watch.app) without a "
+                                              "job matcher", 'add job="api"')))
+
+
 def test_custom_sli_reading_every_services_exporter(tmp_path: Path) -> None:
     check(tmp_path, """
         service: api

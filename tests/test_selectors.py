@@ -33,3 +33,18 @@ from runbook.selectors import unscoped
 ])
 def test_unscoped(expr: str, found: list[str]) -> None:
     assert unscoped(expr) == found
+
+
+@pytest.mark.parametrize(("expr", "found"), [
+    ('sum(rate(http_requests_total{status=~"5.."}[5m]))', ["http_requests_total"]),
+    ('sum(rate(http_requests_total{job="api", status=~"5.."}[5m]))', []),
+    ('rate(http_seconds_bucket{le="1"}[5m]) / rate(http_seconds_count{job="api"}[5m])',
+     ["http_seconds_bucket"]),
+    # Only the names given: longer names and the exporter's are not them.
+    ("http_requests_total_created", []),
+    ("runbook_pg_up", []),
+    ('{__name__="http_requests_total"}', ["http_requests_total"]),
+])
+def test_unscoped_app_metrics(expr: str, found: list[str]) -> None:
+    names = ["http_requests_total", "http_seconds_bucket", "http_seconds_count"]
+    assert unscoped(expr, names) == found
