@@ -114,7 +114,7 @@ def test_a_flood_of_big_distinct_bodies_stays_within_the_budget(label: str) -> N
         tracemalloc.stop()
     assert 0 < len(bodies) < 150
     # The estimate may err by a tenth either way; 1.25 x the budget leaves room for the rest.
-    assert held < 1.25 * budget, f"{held / 2**20:.1f} MiB held for a {budget / 2**20:.0f} MiB budget"
+    assert held < 1.25 * budget, f"{held / 2**20:.1f} MiB held for a {budget >> 20} MiB budget"
 
 
 @pytest.fixture

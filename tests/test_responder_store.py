@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import subprocess
@@ -151,9 +152,10 @@ async def test_a_planted_lock_symlink_creates_nothing_elsewhere(tmp_path: Path) 
     assert not victim.exists()
 
 
-async def test_a_lock_file_root_created_stays_the_data_dirs_owners() -> None:
-    if os.geteuid() != 0:
-        pytest.skip("runs the store as root in another user's data dir")
+def test_a_lock_file_root_created_stays_the_data_dirs_owners() -> None:
+    setpriv = shutil.which("setpriv")
+    if os.geteuid() != 0 or setpriv is None:
+        pytest.skip("runs the store as root, then as another user (setpriv)")
     # pytest's tmp_path is root's alone (0700): the service user could not reach it.
     base = Path(tempfile.mkdtemp(prefix="rbap-lock-"))
     try:
@@ -161,20 +163,23 @@ async def test_a_lock_file_root_created_stays_the_data_dirs_owners() -> None:
         data = base / "data"
         data.mkdir()
         os.chown(data, 65534, 65534)  # nobody's, as a service user's state dir
-        store = open_store(None, data)
-        await store.open()
-        await store.close()
+        asyncio.run(_open_and_close(open_store(None, data)))
         lock = data / "responder.sqlite3.lock"
         assert (lock.stat().st_uid, lock.stat().st_gid) == (65534, 65534)
         # The service user can now take the lock root's run left behind.
         taken = subprocess.run(
-            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable,
+            [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable,
              "-c", "import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDONLY); "
              "fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)", str(lock)],
             capture_output=True, text=True, timeout=30, check=False)
         assert taken.returncode == 0, taken.stderr
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+async def _open_and_close(store: Store) -> None:
+    await store.open()
+    await store.close()
 
 
 async def test_failed_page_is_retried_with_backoff(store: Store) -> None:
