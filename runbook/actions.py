@@ -16,6 +16,41 @@ from runbook.model_base import Duration, EnvName, Strict
 PLACEHOLDER = re.compile(r"\{\{\s*labels\.([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 # A label value filling an argument must be one plain token: no shell or path syntax.
 DEFAULT_LABEL_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:@=-]{0,252}$"
+FILES_MIN_TIMEOUT = 1.0
+FILES_MAX_TIMEOUT = 3600.0
+
+
+def _class_end(pattern: str, start: int) -> int:
+    """Where a `[...]` class opened just before `start` ends: the index of its `]`, or the end
+    of the pattern. Read as Redis reads it (util.c stringmatchlen): an optional `^`, then `\\x`,
+    `a-z` and single characters, so a `]` right after `[` or `[^` closes it (`[^]` is any char)."""
+    i = start + 1 if pattern[start:start + 1] == "^" else start
+    while i < len(pattern):
+        rest = len(pattern) - i
+        if pattern[i] == "\\" and rest >= 2:
+            i += 2
+        elif pattern[i] == "]":
+            return i
+        elif rest >= 3 and pattern[i + 1] == "-":
+            i += 3
+        else:
+            i += 1
+    return len(pattern)  # Redis closes an unclosed class at the end
+
+
+def has_literal(pattern: str) -> bool:
+    """Whether a Redis glob (SCAN MATCH) holds a character matched as itself outside `*`, `?`
+    and `[...]`. Without one it matches every key, or every key of some length (`?*`, `*?*`,
+    `[^]*`); with one, a key lacking that character never matches."""
+    i = 0
+    while i < len(pattern):
+        if pattern[i] == "[":
+            i = _class_end(pattern, i + 1) + 1
+        elif pattern[i] in "*?":
+            i += 1
+        else:
+            return True  # a plain character, or `\\x` (x as itself; a lone `\\` is itself too)
+    return False
 
 
 def _check_pattern(value: str) -> str:
@@ -123,22 +158,29 @@ class RqRequeueParams(QueueRef):
 
 
 class RqCleanParams(QueueRef):
-    """Clean RQ's started/failed/deferred/scheduled registries of expired entries."""
+    """Clean RQ's finished, failed and deferred registries of expired entries, and fail
+    abandoned started jobs as rq does (those with an on_failure callback are left to rq's
+    workers, where the app's code lives)."""
 
 
 class RedisDeletePatternParams(Strict):
     """Delete keys matching a pattern with SCAN + UNLINK in batches."""
 
     redis: str
-    pattern: str = Field(min_length=1)
+    pattern: str = Field(min_length=1, description=(
+        "key glob (SCAN MATCH); it must hold a character outside `*`, `?` and `[...]`"))
     batch: int = Field(default=500, ge=1, le=10000)
     max_keys: int = Field(default=1_000_000, ge=1)
 
     @field_validator("pattern")
     @classmethod
     def _not_everything(cls, value: str) -> str:
-        if value.strip("*") == "":
-            raise ValueError("a pattern of only `*` deletes everything: use redis_flushdb")
+        # Not just "only `*`": `?*` or `[^]*` match every key as well.
+        if not has_literal(value):
+            raise ValueError(
+                f"{value!r} has no character outside the wildcards `*`, `?` and `[...]`, so it "
+                "matches every key (or every key of some length) and deletes everything: name "
+                "a part of the keys, as in `cache:*`, or use redis_flushdb to empty the database")
         return value
 
 
@@ -199,6 +241,18 @@ class FilesCleanParams(Strict):
     glob: str = "*.log"
     older_than: Duration = 7 * 86400.0
     mode: Literal["delete", "gzip"] = "delete"
+    timeout: Duration = Field(default=60.0, description=(
+        "stop after this long (between files, or between chunks of one) and report what was "
+        "done; 1s to 1h"))
+
+    @field_validator("timeout")
+    @classmethod
+    def _bounded(cls, value: float) -> float:
+        # The work runs in one of a few threads shared by every blocking action: an unbounded
+        # one would hold it for good.
+        if not FILES_MIN_TIMEOUT <= value <= FILES_MAX_TIMEOUT:
+            raise ValueError(f"timeout must be from 1s to 1h, not {value:g}s")
+        return value
 
 
 class PageParams(Strict):

@@ -139,7 +139,6 @@ PARAM_NOTES: dict[str, str] = {
     "n": "pool processes added or removed",
     "broker": "name of the watch.redis target used as the Celery broker",
     "confirm": "must be true: this drops data",
-    "pattern": "key glob (SCAN MATCH); a pattern of only * is refused",
     "batch": "keys unlinked per round trip",
     "max_keys": "stop after this many keys",
     "postgres": "name of a watch.postgres target",

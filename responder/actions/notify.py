@@ -87,10 +87,21 @@ def pagerduty_body(
     return body
 
 
+def slack_escape(text: str) -> str:
+    """Text shown as written in a Slack message: `<!everyone>` would ping everyone and
+    `<https://x|text>` show a disguised link. Slack asks for exactly these three escapes
+    (api.slack.com/reference/surfaces/formatting#escaping); `&` first, or it would re-escape."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def slack_body(
     ctx: ActionContext, event: Event, severity: str, message: str | None
 ) -> dict[str, Any]:
-    """A Slack incoming-webhook message: summary, message, what was tried, incident link."""
+    """A Slack incoming-webhook message: summary, message, what was tried, incident link.
+
+    Every text in it but the incident link is escaped: alert labels and annotations come from
+    whoever can fire an alert, action output from programs and endpoints.
+    """
     if event == "resolve":
         lines = [f"Resolved: {summary(ctx, severity)}"]
     else:
@@ -105,7 +116,9 @@ def slack_body(
                              f"({item.duration_seconds:.1f}s) {first}".rstrip())
         else:
             lines.append("Nothing was tried automatically.")
+    lines = [slack_escape(line) for line in lines]
     if ctx.incident_url:
+        # The responder's own URL, which Slack links as it is.
         lines.append(f"Incident: {ctx.incident_url}")
     return {"text": "\n".join(lines)}
 
