@@ -14,14 +14,22 @@ import functools
 import inspect
 import time
 import typing
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
 
 from responder.actions import bullmq, celery, exec, files, http, notify, postgres, redis, rq
-from responder.actions.base import ActionContext, ActionFn, Outcome, Status, truncate
+from responder.actions.base import (
+    ActionContext,
+    ActionFn,
+    Outcome,
+    Status,
+    hiding,
+    scrub,
+    truncate,
+)
 from responder.actions.labels import LabelError
 from runbook.actions import ACTIONS, CeleryPoolParams, ExecParams
 from runbook.model_base import Strict
@@ -77,6 +85,9 @@ ACTION_IMPLS: dict[str, ActionFn] = build_table(
 
 IDEMPOTENT: frozenset[str] = frozenset({
     "redis_delete_pattern", "bullmq_retry_failed", "rq_requeue_failed", "rq_clean_registries",
+    # A REINDEX CONCURRENTLY cut short leaves an invalid copy of each index; pg_reindex drops
+    # an earlier run's copies before it starts (and does not start if it cannot), so a re-run
+    # after a crash rebuilds the indexes again without adding copies.
     "pg_reindex",
 })
 """Actions safe to run again after a crash mid-run (added to the responder's own list)."""
@@ -163,11 +174,9 @@ def secrets(ctx: ActionContext, params: object) -> list[str]:
     return sorted({v for v in values if len(v) >= 4}, key=len, reverse=True)
 
 
-def _scrub(value: Any, hidden: Iterable[str]) -> Any:
+def _scrub(value: Any, hidden: Sequence[str]) -> Any:
     if isinstance(value, str):
-        for secret in hidden:
-            value = value.replace(secret, "<secret>")
-        return value
+        return scrub(value, hidden)
     if isinstance(value, dict):
         return {k: _scrub(v, hidden) for k, v in value.items()}
     if isinstance(value, list | tuple):
@@ -176,7 +185,7 @@ def _scrub(value: Any, hidden: Iterable[str]) -> Any:
 
 
 async def _guarded(
-    name: str, call: Callable[[], Awaitable[Outcome]], limit: float, hidden: Iterable[str],
+    name: str, call: Callable[[], Awaitable[Outcome]], limit: float, hidden: Sequence[str],
     metrics: ActionMetrics | None,
 ) -> Outcome:
     """Await `call` under `limit`; never raises (but for cancellation), scrubs, always counts.
@@ -184,15 +193,20 @@ async def _guarded(
     The one path every outcome takes to the audit, so no entry point can skip a part of it.
     """
     started = time.monotonic()
-    try:
-        async with asyncio.timeout(limit):
-            result = await call()
-    except LabelError as exc:
-        result = Outcome(name, Status.FAILED, 0.0, str(exc), {"label": exc.label})
-    except TimeoutError:
-        result = Outcome(name, Status.TIMEOUT, 0.0, f"did not finish within {limit:g}s")
-    except Exception as exc:  # every failure of one action becomes its outcome
-        result = Outcome(name, Status.FAILED, 0.0, truncate(f"{type(exc).__name__}: {exc}"))
+    # Hidden while the action runs too: what it cuts (outcome(), truncate(), exec's head) is
+    # scrubbed before the cut, where a secret straddling it is still whole.
+    with hiding(hidden):
+        try:
+            async with asyncio.timeout(limit):
+                result = await call()
+        except LabelError as exc:
+            result = Outcome(name, Status.FAILED, 0.0, str(exc), {"label": exc.label})
+        except TimeoutError:
+            result = Outcome(name, Status.TIMEOUT, 0.0, f"did not finish within {limit:g}s")
+        except Exception as exc:  # every failure of one action becomes its outcome
+            result = Outcome(name, Status.FAILED, 0.0, truncate(f"{type(exc).__name__}: {exc}"))
+    # Again on the result, whatever built it: this also drops the start of a secret left at a
+    # cut note by text cut without the secrets at hand.
     result = dataclasses.replace(
         result,
         action=name,
