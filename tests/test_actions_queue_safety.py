@@ -30,6 +30,7 @@ from rq.registry import FailedJobRegistry, StartedJobRegistry
 from responder.actions import run_action
 from responder.actions.base import ActionContext, Status
 from runbook.actions import CeleryPurgeParams, RqCleanParams, RqRequeueParams
+from runbook.redis_tls import tls_options
 from tests.actions_support import book, context
 from tests.actions_workers import FIXED_KEY, flaky
 from tests.servers import RedisServer, find_tool, free_port, wait_for_port
@@ -284,6 +285,18 @@ async def test_tls_opt_out_in_the_url_is_respected(
            "?ssl_cert_reqs=none&ssl_check_hostname=false")
     result = await _purge_over_tls(session, url)
     assert result.status is Status.OK, result.output
+
+
+async def test_a_url_turning_certificate_checks_off_alone_still_connects(
+    session: aiohttp.ClientSession, tls_redis: TlsRedis
+) -> None:
+    # ssl_cert_reqs=none without ssl_check_hostname=false: a name check without a certificate
+    # is a combination Python's ssl refuses, so no connection was made at all.
+    url = f"rediss://127.0.0.1:{tls_redis.port}/0?ssl_cert_reqs=none"
+    result = await _purge_over_tls(session, url)
+    assert result.status is Status.OK, result.output
+    with redis_sync.Redis.from_url(url, socket_timeout=10, **tls_options(url)) as conn:
+        assert conn.ping()
 
 
 # --- rq_requeue_failed: dangling failed entries -------------------------------------------------
