@@ -156,14 +156,8 @@ def secrets(ctx: ActionContext, params: object) -> list[str]:
     book = ctx.runbook.runbook
     names: set[str] = {t.url_env for t in book.watch.redis if t.url_env}
     names |= {t.dsn_env for t in book.watch.postgres}
-    for receivers in book.page.values():
-        for r in receivers:
-            if r.pagerduty:
-                names.add(r.pagerduty.routing_key_env)
-            if r.slack:
-                names.add(r.slack.webhook_url_env)
-            if r.webhook:
-                names |= {n for n in (r.webhook.url_env, r.webhook.token_env) if n}
+    names |= {name for receivers in book.page.values() for r in receivers
+              for _, name in notify.receiver_env(r)}
     names |= passed_env(params)
     values = [ctx.env[n] for n in names if ctx.env.get(n)]
     for value in list(values):
