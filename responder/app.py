@@ -387,6 +387,13 @@ async def _worker_ctx(app: web.Application) -> AsyncIterator[None]:
             await task
 
 
+async def _private_answers(request: web.Request, response: web.StreamResponse) -> None:
+    # Incidents carry labels and action output: no cache (a proxy, a CLI's) may keep a copy,
+    # and no browser may read a JSON answer as anything else.
+    response.headers.setdefault("Cache-Control", "no-store")
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+
+
 def build_app(loaded: LoadedRunbook, store: Store, settings: Settings,
               metrics: Metrics | None = None) -> web.Application:
     """The responder app; the store is opened and closed with it."""
@@ -398,6 +405,7 @@ def build_app(loaded: LoadedRunbook, store: Store, settings: Settings,
         log.warning("a paging receiver reads an env var that is not set (%s): its pages will "
                     "fail until the responder is restarted with it", unset)
     app = web.Application(client_max_size=settings.max_body)
+    app.on_response_prepare.append(_private_answers)
     app[STORE] = store
     app[POLICY] = Policy(loaded)
     app[METRICS] = metrics or Metrics()

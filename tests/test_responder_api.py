@@ -152,3 +152,14 @@ async def test_openapi_describes_every_route(client: Client) -> None:
     for path, ops in doc["paths"].items():
         for op in ops.values():
             assert "200" in op["responses"], path
+
+
+async def test_every_answer_is_kept_out_of_caches_and_not_sniffed(client: Client) -> None:
+    oid = (await (await post(client, body())).json())["alerts"][0]["occurrence"]
+    for method, path, auth in [("GET", "/incidents", True), ("GET", f"/incidents/{oid}", True),
+                               ("POST", f"/incidents/{oid}/approve", True),
+                               ("GET", "/incidents", False), ("GET", "/metrics", False),
+                               ("GET", "/openapi.json", False), ("GET", "/", False)]:
+        response = await client.request(method, path, headers=AUTH if auth else {})
+        assert response.headers.get("Cache-Control") == "no-store", (method, path)
+        assert response.headers.get("X-Content-Type-Options") == "nosniff", (method, path)

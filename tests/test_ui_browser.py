@@ -117,6 +117,8 @@ def test_page_refuses_a_wrong_token_and_escapes_labels(
     hostile = _notification("firing")
     alert = hostile["alerts"][0]  # type: ignore[index]
     alert["labels"]["queue"] = "<img src=x onerror=alert(1)>"
+    # A name that would read as two more labels if it were shown unquoted.
+    alert["labels"]['deployment="web" namespace="staging" region'] = "eu-1"
     alert["fingerprint"] = "ffff000011112222"
     assert _post(f"{url}/alerts", hostile) == 200
     with sync_playwright() as pw:
@@ -139,6 +141,8 @@ def test_page_refuses_a_wrong_token_and_escapes_labels(
             expect(page.locator("#list")).to_contain_text("<img src=x onerror=alert(1)>",
                                                           timeout=10_000)
             assert page.locator("#list img").count() == 0
+            expect(page.locator("#list")).to_contain_text(
+                '"deployment=\\"web\\" namespace=\\"staging\\" region"="eu-1"')
             assert dialogs == []
         finally:
             browser.close()

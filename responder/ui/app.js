@@ -35,8 +35,14 @@ function field(obj, ...names) {
   return undefined;
 }
 
+// Names are untrusted too: one that is no plain identifier (Prometheus 3 allows any UTF-8) is
+// quoted, so it cannot pass for more key="value" pairs on the card an approver reads.
+const PLAIN_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
+
 function labelText(labels) {
-  return Object.keys(labels || {}).sort().map((k) => k + "=" + JSON.stringify(labels[k])).join(" ");
+  return Object.keys(labels || {}).sort()
+    .map((k) => (PLAIN_NAME.test(k) ? k : JSON.stringify(k)) + "=" + JSON.stringify(labels[k]))
+    .join(" ");
 }
 
 function renderIncident(incident, withButtons) {
