@@ -64,6 +64,7 @@ EXPORTER_DOWN = "RunbookExporterDown"
 COLLECTOR_DOWN = "RunbookCollectorDown"
 HEALTH_ALERTNAMES = (EXPORTER_DOWN, COLLECTOR_DOWN)
 """The alerts every runbook's rules carry about its own exporter (runbook/render/rules.py)."""
+HEALTH_SEVERITIES = {EXPORTER_DOWN: "critical", COLLECTOR_DOWN: "warning"}
 
 
 def slo_alertname(slo: Slo) -> str:

@@ -23,6 +23,7 @@ from runbook.alerting import (
     slo_alertname,
 )
 from runbook.matchers import Matcher, matchers_for, parse_matcher
+from runbook.paging import unpaged_severities
 from runbook.schema import SEVERITIES, AlertSpec, RespondRule, Runbook, step_action
 from runbook.selectors import app_job, app_series, exporter_job, unscoped
 from runbook.signals import SIGNALS
@@ -244,6 +245,7 @@ def _cross_check(
     problems.extend(_reserved_labels(rb))
     problems.extend(_unscoped_selectors(rb))
     problems.extend(unmeasurable_slos(rb))
+    problems.extend(unpaged_severities(rb, alerts))
     known_alertnames = set(seen) | {slo_alertname(s) for s in rb.slos} | set(HEALTH_ALERTNAMES)
     redis_names = {t.name for t in rb.watch.redis}
     pg_names = {t.name for t in rb.watch.postgres}

@@ -459,7 +459,7 @@ def test_slack_escape() -> None:
 async def test_slack_page_escapes_alert_text_and_outputs(
     session: aiohttp.ClientSession, server: Recorder
 ) -> None:
-    rb = book("service: shop\npage:\n  critical: {slack: {webhook_url_env: SLACK_URL}}\n")
+    rb = book("service: shop\npage:\n  default: {slack: {webhook_url_env: SLACK_URL}}\n")
     history = [Outcome("http", Status.FAILED, 0.5, "HTTP 500\n<!here> <@U0ADMIN>", {})]
     ctx = context(session, rb, labels=HOSTILE_LABELS, annotations=HOSTILE_ANNOTATIONS,
                   env={"SLACK_URL": server.url + "/slack"}, history=history)

@@ -134,7 +134,7 @@ def test_secrets_never_reach_the_logs(tmp_path: Path) -> None:
     try:
         rb = tmp_path / "runbook.yml"
         rb.write_text(
-            "service: faults\nwatch: {host: {}}\npage:\n  critical:\n"
+            "service: faults\nwatch: {host: {}}\npage:\n  default:\n"
             "    - pagerduty: {routing_key_env: FAULT_PD_KEY, url: 'http://127.0.0.1:9/v2/enqueue'}\n"
             "    - slack: {webhook_url_env: FAULT_SLACK_URL}\n"
             f"    - webhook: {{url: '{sink.url}', token_env: FAULT_HOOK_TOKEN}}\n"

@@ -781,6 +781,44 @@ def test_freshness_names_unknown_redis_target(tmp_path: Path) -> None:
                                                "did you mean main?")))
 
 
+def test_a_severity_the_rules_fire_at_with_no_receiver(tmp_path: Path) -> None:
+    # The rules' own collector alert is a warning: with receivers only for critical and high
+    # (and no default), it would be recorded, retried and never reach anyone.
+    check(tmp_path, """
+        service: api
+        alerts:
+          memory_usage: {high: 70%, critical: 85%, for: 5m}
+        page:
+          critical: {slack: {webhook_url_env: SLACK_WEBHOOK_URL}}
+          high: {slack: {webhook_url_env: SLACK_WEBHOOK_URL}}
+        """, (4, "page", ("no receiver for severity 'warning'", "RunbookCollectorDown",
+                          "add page.warning or page.default")))
+
+
+def test_a_page_step_at_a_severity_with_no_receiver(tmp_path: Path) -> None:
+    check(tmp_path, """
+        service: api
+        alerts:
+          memory_usage: {warning: 70%, critical: 85%, for: 5m}
+        respond:
+          - match: {alertname: MemoryUsageHigh}
+            mode: page
+            do: [{page: {severity: high}}]
+        page:
+          critical: {slack: {webhook_url_env: SLACK_WEBHOOK_URL}}
+          warning: {slack: {webhook_url_env: SLACK_WEBHOOK_URL}}
+        """, (8, "page", ("no receiver for severity 'high'", "respond[0].do[0]")))
+
+
+def test_every_severity_received_or_a_default_loads(tmp_path: Path) -> None:
+    slack = "{slack: {webhook_url_env: S}}"
+    for page in (f"default: {slack}", f"critical: {slack}\n  warning: {slack}"):
+        path = tmp_path / "ok.yml"
+        path.write_text("service: api\nalerts:\n  memory_usage: {warning: 70%, for: 5m}\n"
+                        f"page:\n  {page}\n")
+        load_runbook(path)
+
+
 def test_page_keyed_by_unknown_severity(tmp_path: Path) -> None:
     check(tmp_path, """
         service: api

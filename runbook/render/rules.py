@@ -8,6 +8,7 @@ from typing import Any
 from runbook.alerting import (
     COLLECTOR_DOWN,
     EXPORTER_DOWN,
+    HEALTH_SEVERITIES,
     ResolvedAlert,
     Tier,
     slo_alertname,
@@ -111,7 +112,8 @@ def health_rules(loaded: LoadedRunbook, timing: Timing) -> list[HealthRule]:
     return [
         HealthRule(
             EXPORTER_DOWN, "up", {}, f"{up} == 0", timing.hold(300.0),
-            {**base, "severity": "critical", "signal": "exporter", "tier": "critical"},
+            {**base, "severity": HEALTH_SEVERITIES[EXPORTER_DOWN], "signal": "exporter",
+             "tier": HEALTH_SEVERITIES[EXPORTER_DOWN]},
             {"summary": f"{rb.service}: its runbook exporter {{{{ $labels.instance }}}} cannot "
                         "be scraped",
              "description": f"Prometheus has failed to scrape job {job} for {dur(300.0)}: "
@@ -120,7 +122,8 @@ def health_rules(loaded: LoadedRunbook, timing: Timing) -> list[HealthRule]:
         HealthRule(
             COLLECTOR_DOWN, "runbook_collector_up", {"collector": "redis", "target": "main"},
             f"{collector_up} == 0", timing.hold(600.0),
-            {**base, "severity": "warning", "signal": "collector", "tier": "warning"},
+            {**base, "severity": HEALTH_SEVERITIES[COLLECTOR_DOWN], "signal": "collector",
+             "tier": HEALTH_SEVERITIES[COLLECTOR_DOWN]},
             {"summary": f"{rb.service}: the exporter cannot read {{{{ $labels.collector }}}} "
                         "{{ $labels.target }}",
              "description": f"The {{{{ $labels.collector }}}} collector of {rb.service}'s "
