@@ -425,6 +425,11 @@ class RespondRule(Strict):
 # ---------------------------------------------------------------- page
 
 
+PAGERDUTY_SEVERITY = {"critical": "critical", "high": "error", "medium": "warning",
+                      "warning": "warning", "low": "info", "info": "info"}
+"""PagerDuty knows four severities; the runbook's six map onto them (both paging paths)."""
+
+
 class PagerDuty(Strict):
     """PagerDuty Events API v2."""
 

@@ -62,7 +62,7 @@ maintenance:
     end: "{end}"
     matchers: ['alertname="ImportsBacklogHigh"']
 page:
-  critical:
+  default:
     pagerduty: {{routing_key_env: PAGERDUTY_ROUTING_KEY, url: "{sink}/v2/enqueue"}}
 """
 
@@ -140,6 +140,10 @@ def test_page_mode_alert_pages_without_acting(loop: tuple[Loop, Sink, str]) -> N
     assert steps(incident, "received")[0]["detail"]["paged_by"] == "alertmanager"
     assert steps(incident, "paged")[0]["detail"]["by"] == "alertmanager"
     running.wait("the page", lambda: _triggers(sink, "ReportsBacklogHigh"), 10)
+    # Alertmanager's own PagerDuty page says critical, as the responder's would (its default
+    # is "error").
+    assert {t["payload"]["severity"] for t in _triggers(sink, "ReportsBacklogHigh")} == \
+        {"critical"}
 
 
 def test_page_mode_alert_pages_the_human_once(loop: tuple[Loop, Sink, str]) -> None:

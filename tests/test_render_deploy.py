@@ -119,6 +119,7 @@ def test_responder_webhook_and_secrets_from_files(rendered: Path) -> None:
     assert config["route"]["group_by"] == ["..."]
     pager = receivers["kitchen-sink-page-critical"]
     assert pager["pagerduty_configs"][0]["routing_key_file"] == "/run/secrets/PD_KEY"
+    assert pager["pagerduty_configs"][0]["severity"] == "critical"
     assert pager["slack_configs"][0]["api_url_file"] == "/run/secrets/SLACK_URL"
     default = receivers["kitchen-sink-page-warning"]["webhook_configs"][0]
     assert default["url"] == "http://127.0.0.1:9999/hook"

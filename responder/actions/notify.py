@@ -15,13 +15,10 @@ import aiohttp
 
 from responder.actions.base import ActionContext, ActionFn, Outcome, Status, outcome, truncate
 from runbook.actions import PageParams
-from runbook.schema import Receiver
+from runbook.schema import PAGERDUTY_SEVERITY, Receiver
 
 Event = Literal["trigger", "resolve"]
 SEND_TIMEOUT = 10.0
-# PagerDuty knows four severities; the runbook's six map onto them.
-PD_SEVERITY = {"critical": "critical", "high": "error", "medium": "warning", "warning": "warning",
-               "low": "info", "info": "info"}
 
 
 class SendError(Exception):
@@ -77,7 +74,7 @@ def pagerduty_body(
         body["payload"] = {
             "summary": summary(ctx, severity),
             "source": ctx.runbook.service,
-            "severity": PD_SEVERITY.get(severity, "error"),
+            "severity": PAGERDUTY_SEVERITY.get(severity, "error"),
             "timestamp": ctx.alert.starts_at.isoformat(),
             "group": ctx.alert.labels.get("alertname", ""),
             "custom_details": _details(ctx, message),

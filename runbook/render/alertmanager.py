@@ -13,7 +13,7 @@ from runbook.render.expressions import BURN_RATES
 from runbook.render.rules import health_rules
 from runbook.render.timing import Timing, dur
 from runbook.render.yamlout import dump_yaml
-from runbook.schema import SEVERITIES, Receiver
+from runbook.schema import PAGERDUTY_SEVERITY, SEVERITIES, Receiver
 from runbook.signals import SIGNALS
 
 RESPONDER = "runbook-responder"
@@ -91,13 +91,17 @@ def _match_state(matchers: tuple[Matcher, ...], labels: Mapping[str, str]) -> st
     return "maybe" if unknown else "yes"
 
 
-def _receiver_configs(receivers: list[Receiver], delivery: Delivery) -> dict[str, Any]:
+def _receiver_configs(receivers: list[Receiver], delivery: Delivery,
+                      severity: str) -> dict[str, Any]:
     configs: dict[str, list[dict[str, Any]]] = {}
     for r in receivers:
         if r.pagerduty:
+            # Alertmanager's default is "error": a critical page must say critical, as the
+            # responder's own pages do.
             configs.setdefault("pagerduty_configs", []).append({
                 "routing_key_file": delivery.secret(r.pagerduty.routing_key_env),
-                "url": r.pagerduty.url, "send_resolved": True})
+                "url": r.pagerduty.url, "severity": PAGERDUTY_SEVERITY.get(severity, "error"),
+                "send_resolved": True})
         if r.slack:
             configs.setdefault("slack_configs", []).append({
                 "api_url_file": delivery.secret(r.slack.webhook_url_env), "send_resolved": True})
@@ -131,7 +135,7 @@ def _service_route(loaded: LoadedRunbook, receivers: dict[str, dict[str, Any]],
             # A webhook whose URL is in an env var (url_env) only the responder can page: it
             # pages every receiver of this severity itself, so none is told twice or skipped.
             continue
-        configs = _receiver_configs(targets, delivery)
+        configs = _receiver_configs(targets, delivery, severity)
         if not configs:
             continue
         name = f"{rb.service}-page-{severity}"
