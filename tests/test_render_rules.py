@@ -497,24 +497,26 @@ def _probe_series(failed: set[int], probes: int) -> list[dict[str, str]]:
             {"series": f'{base},result="success"}}', "values": " ".join(map(str, ok))}]
 
 
-def test_slow_probes_are_rated_over_four_probe_intervals(promtool: str, tmp_path: Path) -> None:
+def test_slow_probes_are_rated_over_enough_probes_for_the_lowest_tier(promtool: str,
+                                                                     tmp_path: Path) -> None:
     """With a probe every 5m a 5m window holds one probe: the error ratio read 0 or 100 %.
-    Over 20m it is the share of the last four probes, and a sustained failure still fires."""
+    The 5 % tier needs three failures' worth of probes, 3 / 5 % = 60 of them: 5h; the ratio is
+    the share of failed probes in it, and a sustained failure still fires every tier."""
     render_to(tmp_path, [SLOW_PROBE])
     rules = tmp_path / "alert_rules"
     groups = yaml.safe_load((rules / "edge.rules.yml").read_text())["groups"]
-    assert "[20m]" in groups[0]["rules"][0]["expr"]
+    assert "[5h]" in groups[0]["rules"][0]["expr"]
     firing = 'count by (severity) (ALERTS{alertname="ErrorRateHigh",alertstate="firing"})'
     test = {
         "rule_files": ["edge.rules.yml"],
         "evaluation_interval": "1m",
         "tests": [
-            {   # probes 4 and 10 of 14 fail: at 30m the window holds probes 3..6
+            {   # probes 4 and 10 of 14 fail: at 40m the window holds probes 1..8
                 "interval": "1m",
                 "input_series": _probe_series({4, 10}, 14),
-                "promql_expr_test": [{"expr": "edge:error_rate:ratio", "eval_time": "30m",
+                "promql_expr_test": [{"expr": "edge:error_rate:ratio", "eval_time": "40m",
                                       "exp_samples": [{"labels": 'edge:error_rate:ratio'
-                                                       '{target="health"}', "value": 0.25}]}],
+                                                       '{target="health"}', "value": 0.125}]}],
             },
             {   # every probe fails: every tier fires once it held for its `for`
                 "interval": "1m",
@@ -530,15 +532,17 @@ def test_slow_probes_are_rated_over_four_probe_intervals(promtool: str, tmp_path
     assert run.returncode == 0, run.stdout + run.stderr
 
 
-def test_probe_window_follows_the_longest_probe_interval() -> None:
+def test_probe_windows_follow_the_probe_intervals() -> None:
     from runbook.render.expressions import probe_window, signal_window
 
     rb = load_text(SLOW_PROBE).runbook
-    assert probe_window(rb) == 1200.0
-    assert signal_window(rb, "error_rate", Timing()) == 1200.0
+    assert probe_window(rb) == 1200.0  # four probes: what a probe-measured quantile reads
+    assert signal_window(rb, "latency_p95", Timing()) == 1200.0
+    assert signal_window(rb, "error_rate", Timing()) == 5 * 3600.0  # 3 / 5 % = 60 probes
     assert signal_window(rb, "cpu_usage", Timing()) == 300.0  # not fed by the probes
     fast = load_text(SLOW_PROBE.replace("interval: 5m", "interval: 30s")).runbook
     assert probe_window(fast) == 300.0  # 4 x 30s is under the default: the default
+    assert signal_window(fast, "error_rate", Timing()) == 1800.0  # 60 x 30s
     odd = load_text(SLOW_PROBE.replace("interval: 5m", "interval: 100s")).runbook
     assert probe_window(odd) == 420.0  # 4 x 100s rounded up to whole minutes
     # The app's own request counter is not the probes': the default window.

@@ -6,10 +6,10 @@ import math
 import re
 from dataclasses import dataclass
 
-from runbook.alerting import ResolvedAlert
+from runbook.alerting import ResolvedAlert, resolve
 from runbook.render import RenderError
 from runbook.render.timing import RATE_WINDOW, Timing, dur
-from runbook.schema import Runbook, Slo
+from runbook.schema import HttpProbe, Runbook, Slo
 from runbook.selectors import app_job, exporter_job
 from runbook.signals import Unit
 
@@ -93,26 +93,78 @@ def exporter_selector(rb: Runbook, metric: str, matchers: dict[str, str] | None 
 
 
 def probe_window(rb: Runbook) -> float:
-    """The rate window of signals computed from the HTTP probes' counters and histogram.
+    """The rate window of a probe-measured latency quantile: four of the longest probe interval.
 
     A counter that moves once per probe needs several probes in the window, else the ratio of
     a window holding one probe is 0 or 1: at least four of the longest probe interval, rounded
     up to whole minutes (a clean duration), and never shorter than the contract's window.
+    Error and success ratios size theirs by their thresholds too (probe_ratio_window).
     """
     longest = max((p.interval for p in rb.watch.http), default=0.0)
-    return max(RATE_WINDOW, math.ceil(4 * longest / 60) * 60.0)
+    return probe_ratio_window(longest, None)
+
+
+# Failed probes a probe-measured ratio's window holds when failures come at exactly the
+# lowest threshold's rate (see probe_ratio_window).
+FAILURES_AT_THRESHOLD = 3
+RATIO_SIGNALS = ("error_rate", "success_rate")
+
+
+def probe_ratio_window(interval: float, share: float | None) -> float:
+    """The rate window of a ratio of probes made every `interval` seconds whose threshold is
+    `share` of them for the rarer outcome: 2 % failures for `error_rate > 2%`, 5 % failures for
+    `success_rate < 95%` (None: no threshold to size for).
+
+    Each probe is one event, so a window of n probes moves the ratio in steps of 1/n. Over 5m
+    of 15s probes (n = 20) a 2 % threshold lies between 0 and 1 failure: a steady 4 % failure
+    rate reads 0 % or 5 % by window, every window without a failure resets the `for`, and the
+    alert never fires. The window holds N = FAILURES_AT_THRESHOLD failures at the threshold's
+    own rate, N / share probes, so one failure more or less moves the ratio by at most a third
+    of the threshold: a steady rate over (1 + 1/N) x threshold reads above it in every window,
+    one under (1 - 1/N) x threshold in none. Besides, at least four probes (a window of one
+    reads 0 or 1) and the contract's 5m; rounded up to whole minutes, a clean duration.
+    """
+    probes = 4.0
+    if share is not None and share > 0:  # `> 0%` fires on any failure: one probe tells it
+        probes = max(probes, FAILURES_AT_THRESHOLD / share)
+    minutes = math.ceil(round(probes * interval / 60, 6))  # 3 / 5% x 15s is 15m, not 16m
+    return max(RATE_WINDOW, minutes * 60.0)
+
+
+def probes_read(rb: Runbook, alert: ResolvedAlert) -> list[HttpProbe]:
+    """The probes an alert on a probe-measured signal reads: the target it selects, else all
+    (its recording rule keeps one series per target)."""
+    target = alert.select.get("target")
+    chosen = [p for p in rb.watch.http if p.name == target]
+    return chosen if target is not None and chosen else list(rb.watch.http)
+
+
+def _ratio_signal_window(rb: Runbook, signal: str) -> float:
+    """The window of a probe-measured error or success ratio: one recording rule serves every
+    alert on the signal, so the longest any of their tiers needs, each over the probes it reads."""
+    alerts = [resolve(key, spec) for key, spec in rb.alerts.items()
+              if spec.expr is None and (spec.signal or key) == signal]
+    if not alerts:
+        return probe_window(rb)
+    return max(probe_ratio_window(max((p.interval for p in probes_read(rb, a)), default=0.0),
+                                  min(min(t.threshold, 1 - t.threshold) for t in a.tiers))
+               for a in alerts)
 
 
 def uses_probes(rb: Runbook, signal: str) -> bool:
     """Whether the signal is computed from the exporter's probe counters or histogram."""
-    if signal in ("error_rate", "success_rate"):
+    if signal in RATIO_SIGNALS:
         return app_requests(rb) is None
     return signal in QUANTILES and app_histogram(rb) is None
 
 
 def signal_window(rb: Runbook, signal: str, timing: Timing) -> float:
     """The (scaled) range window of a catalog signal's rate(), increase() or ratio."""
-    return timing.window(probe_window(rb) if uses_probes(rb, signal) else RATE_WINDOW)
+    if not uses_probes(rb, signal):
+        return timing.window(RATE_WINDOW)
+    if signal in RATIO_SIGNALS:
+        return timing.window(_ratio_signal_window(rb, signal))
+    return timing.window(probe_window(rb))
 
 
 def signal_value(rb: Runbook, signal: str, by: tuple[str, ...], timing: Timing) -> str:
@@ -154,7 +206,7 @@ def signal_value(rb: Runbook, signal: str, by: tuple[str, ...], timing: Timing) 
     if signal == "disk_usage":
         return (f"{_sum(sel('runbook_host_disk_used_bytes'), by)} / "
                 f"({_sum(sel('runbook_host_disk_size_bytes'), by)} > 0)")
-    if signal in ("error_rate", "success_rate"):
+    if signal in RATIO_SIGNALS:
         bad, all_ = _request_selectors(rb, good=signal == "success_rate")
         return f"{rate(bad)} / ({rate(all_)} > 0)"
     if signal in QUANTILES:
