@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
@@ -14,6 +15,7 @@ from pydantic import (
     Discriminator,
     Field,
     Tag,
+    ValidationInfo,
     create_model,
     field_validator,
     model_validator,
@@ -21,6 +23,7 @@ from pydantic import (
 
 from runbook.actions import ACTIONS, ExecParams
 from runbook.model_base import Duration, EnvName, Ratio, Size, Strict
+from runbook.units import parse_duration
 
 # Severity names a tier may use, least severe first.
 SEVERITIES = ("info", "low", "warning", "medium", "high", "critical")
@@ -50,22 +53,74 @@ class HostWatch(Strict):
     )
 
 
+def _http_url(url: str) -> str:
+    """The URL itself when aiohttp can request it: http or https, with a host."""
+    try:
+        parts = urlsplit(url)
+        ok = parts.scheme.lower() in ("http", "https") and bool(parts.hostname)
+    except ValueError:
+        ok = False
+    if not ok:
+        hint = f" (write http://{url})" if "://" not in url else ""
+        raise ValueError(f"{url!r} is not an http:// or https:// URL with a host{hint}")
+    return url
+
+
+# A probe every MIN_PROBE_INTERVAL at most: a shorter interval (0s) floods the endpoint.
+MIN_PROBE_INTERVAL = 1.0
+DEFAULT_PROBE_TIMEOUT = 5.0
+
+
 class HttpProbe(Strict):
     """A health endpoint probed on an interval."""
 
     name: str = Field(pattern=NAME)
     url: str
     interval: Duration = 15.0
-    timeout: Duration = 5.0
+    timeout: Duration = DEFAULT_PROBE_TIMEOUT
     expect_status: list[int] = Field(default_factory=lambda: [200])
     expect_json: dict[str, Any] | None = Field(
         default=None, description='fields the JSON body must hold, e.g. {"status": "healthy"}'
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _default_timeout(cls, data: Any) -> Any:
+        # Probes run one after another: one must end before the next is due, so an unwritten
+        # timeout is the interval when that is shorter than the default.
+        if not isinstance(data, dict) or "timeout" in data or "interval" not in data:
+            return data
+        try:
+            interval = parse_duration(data["interval"])
+        except (ValueError, TypeError):
+            return data  # reported by the interval's own validation
+        if MIN_PROBE_INTERVAL <= interval < DEFAULT_PROBE_TIMEOUT:
+            return {**data, "timeout": data["interval"]}
+        return data
+
     @field_validator("url")
     @classmethod
     def _url(cls, value: str) -> str:
-        return _no_inline_password(value)
+        return _no_inline_password(_http_url(value))
+
+    @field_validator("interval")
+    @classmethod
+    def _interval(cls, value: float) -> float:
+        if value < MIN_PROBE_INTERVAL:
+            raise ValueError(f"{value:g}s is shorter than {MIN_PROBE_INTERVAL:g}s: probing that "
+                             "often floods the endpoint")
+        return value
+
+    @field_validator("timeout")
+    @classmethod
+    def _timeout(cls, value: float, info: ValidationInfo) -> float:
+        if value <= 0:
+            raise ValueError(f"{value:g}s leaves a probe no time: give more than 0s")
+        interval = info.data.get("interval")
+        if interval is not None and value > interval:
+            raise ValueError(f"{value:g}s is longer than the interval ({interval:g}s): a probe "
+                             "must end before the next one is due")
+        return value
 
 
 class Queues(Strict):
@@ -160,23 +215,38 @@ class PostgresTarget(Strict):
     queries: list[CustomQuery] = Field(default_factory=list)
 
 
+# `[:alpha:]` inside a set: Python's re reads the characters [ : a l p h, the regex module
+# the exporter matches with reads a POSIX class. Refused, so a pattern means one thing.
+_POSIX_CLASS = re.compile(r"(?<!\\)\[:\^?[A-Za-z]+:\]")
+
+
 class LogWatch(Strict):
     """A log file whose matching lines are counted."""
 
     name: str = Field(pattern=NAME)
     path: str
-    patterns: dict[str, str] = Field(description="pattern name -> regular expression")
+    patterns: dict[str, str] = Field(
+        description="pattern name -> regular expression (Python re syntax), searched for in "
+        "each line. A search giving up after 0.1 s counts as no match and in "
+        "runbook_log_match_timeouts_total; of a line over 1 MiB only its first MiB is searched")
 
     @field_validator("patterns")
     @classmethod
     def _compiles(cls, value: dict[str, str]) -> dict[str, str]:
+        import regex  # the exporter's engine (see exporter.collectors.logs.compile_pattern)
+
         for name, pattern in value.items():
             if not re.match(LABEL_NAME, name):
                 raise ValueError(f"{name!r} is not a valid pattern name (letters, digits, _)")
             try:
                 re.compile(pattern)
-            except re.error as exc:
+                regex.compile(pattern, flags=regex.VERSION0)
+            except (re.error, regex.error) as exc:
                 raise ValueError(f"{name}: {pattern!r} is not a regular expression: {exc}") from exc
+            if _POSIX_CLASS.search(pattern):
+                raise ValueError(f"{name}: {pattern!r} has a POSIX class such as [:alpha:], "
+                                 "which Python's re does not know; write a set ([a-zA-Z], "
+                                 "\\d, \\w) instead")
         return value
 
 
@@ -191,6 +261,11 @@ class FreshnessCheck(Strict):
     file: str | None = Field(default=None, description="a file whose mtime is the last success")
     http_json: str | None = Field(default=None, description="URL returning JSON")
     field: str | None = Field(default=None, description="dotted path of the timestamp in it")
+
+    @field_validator("http_json")
+    @classmethod
+    def _http_json(cls, value: str | None) -> str | None:
+        return value if value is None else _http_url(value)
 
     @model_validator(mode="after")
     def _one_source(self) -> FreshnessCheck:

@@ -41,7 +41,9 @@ async def test_a_hung_stat_is_not_started_again(tmp_path: Path,
     monkeypatch.setattr(os, "stat", stat)  # what freshness calls; other paths pass through
     # A small pool, so that a pile-up would fill it within a few scrapes on any machine.
     asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max_workers=4))
-    check = FreshnessCollector("backup", 2.0, file=str(done))
+    # A 1 s timeout: the 8 scrapes of 0.3 s outlast it, so the stat is older than its timeout
+    # by the last ones, and reported as hung (a younger one is waited for, not reported).
+    check = FreshnessCollector("backup", 1.0, file=str(done))
     scraper = Scraper([check, HostCollector("host", 2.0)])
     try:
         for _ in range(8):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import time
 from collections.abc import AsyncIterator
@@ -17,7 +18,17 @@ from aiohttp.test_utils import TestServer
 from exporter.collectors.freshness import MAX_SKEW, dig, to_timestamp
 from exporter.collectors.http import MAX_BODY, HttpProbeCollector, buckets_with, json_holds
 from exporter.scrape import Scraper
+from runbook.loader import LoadedRunbook
 from tests.test_exporter_support import runbook, samples, scrape_text, serve, value
+
+
+def fast(loaded: LoadedRunbook, interval: float) -> LoadedRunbook:
+    """The runbook with every probe's interval set below the schema's 1s minimum, so a test
+    sees several probes in a fraction of a second (model_copy does not validate)."""
+    rb = loaded.runbook
+    http = [p.model_copy(update={"interval": interval}) for p in rb.watch.http]
+    watch = rb.watch.model_copy(update={"http": http})
+    return dataclasses.replace(loaded, runbook=rb.model_copy(update={"watch": watch}))
 
 
 @pytest.fixture
@@ -68,11 +79,11 @@ async def service() -> AsyncIterator[tuple[str, dict[str, object]]]:
 async def test_probe_up_status_json_failures_and_histogram(
         service: tuple[str, dict[str, object]]) -> None:
     base, state = service
-    loaded = runbook(
+    loaded = fast(runbook(
         "watch:\n  http:\n"
-        f"    - {{name: api, url: '{base}/health', interval: 100ms, timeout: 1s,"
+        f"    - {{name: api, url: '{base}/health', interval: 1s, timeout: 1s,"
         " expect_json: {status: healthy}}\n"
-        "alerts:\n  latency_p95: {warning: 330ms, critical: 4s, for: 5m}\n")
+        "alerts:\n  latency_p95: {warning: 330ms, critical: 4s, for: 5m}\n"), 0.1)
     async with serve(loaded, collectors=["http"]) as client:
         await asyncio.sleep(0.35)
         found = samples(await scrape_text(client))
@@ -107,8 +118,8 @@ async def test_probe_up_status_json_failures_and_histogram(
 async def test_probe_timeout_counts_as_failure(service: tuple[str, dict[str, object]]) -> None:
     base, state = service
     state["delay"] = 2.0
-    loaded = runbook(f"watch:\n  http:\n    - {{name: slow, url: '{base}/health',"
-                     " interval: 50ms, timeout: 200ms}\n")
+    loaded = fast(runbook(f"watch:\n  http:\n    - {{name: slow, url: '{base}/health',"
+                          " interval: 1s, timeout: 200ms}\n"), 0.05)
     async with serve(loaded, collectors=["http"]) as client:
         await asyncio.sleep(0.6)
         found = samples(await scrape_text(client))
@@ -122,8 +133,9 @@ async def test_probe_timeout_counts_as_failure(service: tuple[str, dict[str, obj
 async def test_any_error_of_a_probe_is_a_failed_probe_and_probing_goes_on(
         service: tuple[str, dict[str, object]]) -> None:
     base, state = service
-    loaded = runbook(f"watch:\n  http:\n    - {{name: api, url: '{base}/deep',"
-                     " interval: 50ms, timeout: 1s, expect_json: {status: healthy}}\n")
+    loaded = fast(runbook(f"watch:\n  http:\n    - {{name: api, url: '{base}/deep',"
+                          " interval: 1s, timeout: 1s, expect_json: {status: healthy}}\n"),
+                  0.05)
     async with serve(loaded, collectors=["http"]) as client:
         await asyncio.sleep(0.2)
         found = samples(await scrape_text(client))
@@ -233,8 +245,8 @@ def test_expect_json_compares_json_types() -> None:
 async def test_expect_true_is_not_met_by_one(service: tuple[str, dict[str, object]]) -> None:
     base, state = service
     state["body"] = {"ok": 1}
-    loaded = runbook(f"watch:\n  http:\n    - {{name: api, url: '{base}/health',"
-                     " interval: 50ms, timeout: 1s, expect_json: {ok: true}}\n")
+    loaded = fast(runbook(f"watch:\n  http:\n    - {{name: api, url: '{base}/health',"
+                          " interval: 1s, timeout: 1s, expect_json: {ok: true}}\n"), 0.05)
     async with serve(loaded, collectors=["http"]) as client:
         await asyncio.sleep(0.2)
         found = samples(await scrape_text(client))
@@ -248,14 +260,14 @@ async def test_expect_true_is_not_met_by_one(service: tuple[str, dict[str, objec
 async def test_bodies_over_the_limit_fail_without_being_read(
         service: tuple[str, dict[str, object]]) -> None:
     base, _ = service
-    loaded = runbook(
+    loaded = fast(runbook(
         "watch:\n  http:\n"
-        f"    - {{name: endless, url: '{base}/endless', interval: 100ms, timeout: 5s,"
+        f"    - {{name: endless, url: '{base}/endless', interval: 5s, timeout: 5s,"
         " expect_json: {status: healthy}}\n"
-        f"    - {{name: declared, url: '{base}/declared', interval: 100ms, timeout: 5s,"
+        f"    - {{name: declared, url: '{base}/declared', interval: 5s, timeout: 5s,"
         " expect_json: {status: healthy}}\n"
         "  freshness:\n"
-        f"    - {{name: beat, http_json: '{base}/endless', field: status}}\n")
+        f"    - {{name: beat, http_json: '{base}/endless', field: status}}\n"), 0.1)
     async with serve(loaded, collectors=["http", "freshness"]) as client:
         started = time.monotonic()
         await asyncio.sleep(0.5)

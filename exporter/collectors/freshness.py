@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import numbers
 import os
 import time
 from datetime import UTC, date, datetime
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -52,9 +54,9 @@ def as_utc(moment: datetime) -> datetime:
 
 
 def to_timestamp(value: Any, now: float | None = None) -> float:
-    """Seconds since the epoch from a number (s, ms, µs or ns by its size), numeric text, ISO
-    text, a datetime or a date (one without an offset is UTC); ValueError for NaN, infinity or
-    a time in the future."""
+    """Seconds since the epoch from a number (s, ms, µs or ns by its size; an int, a float, a
+    Decimal or any other real), numeric text, ISO text, a datetime or a date (one without an
+    offset is UTC); ValueError for NaN, infinity or a time in the future."""
     if value is None:
         return 0.0
     if isinstance(value, datetime):
@@ -74,14 +76,27 @@ def to_timestamp(value: Any, now: float | None = None) -> float:
             except ValueError:
                 raise ValueError(f"{text[:40]!r} is neither a unix time nor an ISO date") from None
             return plausible(stamp, now)
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValueError(f"{value!r} is not a timestamp")
-    number = float(value)
+    number = _as_number(value)
     if not math.isfinite(number):
         raise ValueError(f"{value!r} is not a finite unix time")
     size = abs(number)
     divisor = next((d for bound, d in _UNITS if size < bound), _NANOS)
     return plausible(number / divisor, now)
+
+
+def _as_number(value: Any) -> float:
+    """A number as a float; ValueError for anything else, bool included (True is no time).
+
+    Decimal counts: PostgreSQL 14+ gives `extract(epoch from ...)` as numeric, which asyncpg
+    hands out as Decimal (not a numbers.Real). Its NaN and infinities stay so as floats, for
+    the checks that follow to refuse.
+    """
+    if isinstance(value, bool) or not isinstance(value, Decimal | numbers.Real):
+        raise ValueError(f"{value!r} is not a timestamp")
+    try:
+        return float(value)
+    except (ValueError, OverflowError):  # Decimal('sNaN'); an int too big for a float
+        raise ValueError(f"{value!r} is not a finite unix time") from None
 
 
 def dig(body: Any, dotted: str) -> Any:
@@ -102,7 +117,9 @@ class FreshnessCollector(Collector):
 
     A file's stat runs in a worker thread, and while one is still running no other is started:
     a thread stuck in stat (a hung NFS mount) cannot be stopped, so each scrape would leave one
-    more, until the default thread pool is full and every collector using it times out.
+    more, until the default thread pool is full and every collector using it times out. A
+    scrape finding a stat in flight shares its result while it is younger than the timeout
+    (two Prometheus servers scraping at once); only an older one is reported as hung.
     """
 
     kind = "freshness"
@@ -118,6 +135,8 @@ class FreshnessCollector(Collector):
         self.file = file
         self.session, self.url, self.field = session, url, field
         self._stat: asyncio.Task[os.stat_result] | None = None
+        self._stat_started = 0.0
+        """Event-loop time the stat in _stat was started."""
 
     async def collect(self) -> list[Metric]:
         return [one(NAME, HELP, self.target, await self.read())]
@@ -131,7 +150,9 @@ class FreshnessCollector(Collector):
         if self.file is not None:
             return await self._file_mtime(self.file)
         if self.session is not None and self.url is not None and self.field is not None:
-            async with self.session.get(self.url) as response:
+            # This check's timeout, not the shared session's defaults (see http.probe_once).
+            async with self.session.get(
+                    self.url, timeout=aiohttp.ClientTimeout(total=self.timeout)) as response:
                 response.raise_for_status()
                 body = json.loads(await read_capped(response))
             return to_timestamp(dig(body, self.field))
@@ -139,21 +160,33 @@ class FreshnessCollector(Collector):
 
     async def _file_mtime(self, path: str) -> float:
         """The file's mtime, 0 when it does not exist; OSError while an earlier stat hangs."""
-        earlier = self._stat
-        if earlier is not None and not earlier.done():
-            raise OSError(f"the stat of {path} started by an earlier scrape is still running "
-                          "(a hung mount?)")
-        task = asyncio.create_task(asyncio.to_thread(os.stat, path))
-        self._stat = task
-        task.add_done_callback(_retrieve)
+        task = self._stat_task(path)
         # asyncio.wait never cancels the stat: when the scrape's deadline cancels this read,
-        # the stat runs on, and the next scrape finds it busy instead of starting another.
+        # the stat runs on, and the next scrape waits for it or, once it is older than the
+        # timeout, reports it hung, instead of starting another.
         await asyncio.wait({task})
         try:
             st = task.result()
         except FileNotFoundError:
             return 0.0
         return plausible(st.st_mtime)
+
+    def _stat_task(self, path: str) -> asyncio.Task[os.stat_result]:
+        """The stat in flight while it is younger than the timeout (a concurrent scrape's:
+        its answer is as fresh as a new one), else a new one; OSError when the one in
+        flight is older, as a stat that slow is stuck (a hung mount)."""
+        now = asyncio.get_running_loop().time()
+        earlier = self._stat
+        if earlier is not None and not earlier.done():
+            age = now - self._stat_started
+            if age > self.timeout:
+                raise OSError(f"the stat of {path} started {age:.1f}s ago by an earlier scrape "
+                              "is still running (a hung mount?)")
+            return earlier
+        task = asyncio.create_task(asyncio.to_thread(os.stat, path))
+        task.add_done_callback(_retrieve)
+        self._stat, self._stat_started = task, now
+        return task
 
 
 def _retrieve(task: asyncio.Task[os.stat_result]) -> None:

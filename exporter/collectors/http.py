@@ -161,8 +161,11 @@ class HttpProbeCollector(Collector):
         status = 0
         error: str | None = None
         try:
+            # The probe's own timeout for the request, not the shared session's defaults
+            # (which would cut a longer one short and be reported as this one).
             async with asyncio.timeout(self.probe_timeout), self.session.get(
-                    self.url, allow_redirects=True) as response:
+                    self.url, allow_redirects=True,
+                    timeout=aiohttp.ClientTimeout(total=self.probe_timeout)) as response:
                 status = response.status
                 if status not in self.expect_status:
                     error = f"status {status}, expected {list(self.expect_status)}"

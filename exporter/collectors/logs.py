@@ -8,17 +8,19 @@ import hashlib
 import json
 import logging
 import os
-import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+import regex
 from prometheus_client.core import Metric
 
 from exporter.collectors.base import BackgroundTask, Collector, counter
 
 READ_CHUNK = 1 << 20
+"""Also the most of one line that is matched: an over-long line counts once, by its first
+READ_CHUNK bytes, and the rest of it is skipped."""
 # One poll stops reading past this much, so its thread is short and a backlog of hundreds
 # of MiB is saved as it goes instead of only at its end.
 POLL_BYTES = 4 << 20
@@ -26,18 +28,32 @@ POLL_BYTES = 4 << 20
 # (ext4 and tmpfs reuse a freed inode at once; copytruncate keeps it).
 HEAD_BYTES = 128
 
+# The most one pattern may spend on one line. Patterns are matched with the regex module,
+# which releases the GIL while matching (Python's re holds it for a whole search: one hostile
+# line, `error ` repeated against `error.*timeout`, froze /metrics for seconds) and gives up
+# after this long: that line then counts as not matching, and as a timeout of its pattern.
+MATCH_TIMEOUT = 0.1
+
 log = logging.getLogger("exporter.logs")
+
+
+def compile_pattern(pattern: str) -> regex.Pattern[str]:
+    """A runbook pattern for the regex module, read with Python re's syntax and semantics
+    (VERSION0 is regex's re-compatible mode; the loader checks patterns compile in both)."""
+    return regex.compile(pattern, flags=regex.VERSION0)
 
 
 @dataclass
 class Position:
-    """Where reading stopped: the file's inode, the offset after the last counted line, and
-    a digest of the file's first head_len bytes (None in state written before digests)."""
+    """Where reading stopped: the file's inode, the offset after the last counted line, a
+    digest of the file's first head_len bytes (None in state written before digests), and
+    whether the offset is inside an over-long line whose rest is skipped."""
 
     inode: int
     offset: int
     head: str | None = None
     head_len: int = 0
+    skipping: bool = False
 
 
 def _digest(data: bytes) -> str:
@@ -49,6 +65,20 @@ def _read_head(f: BinaryIO, length: int) -> bytes:
     return os.pread(f.fileno(), length, 0)
 
 
+def _line_start(f: BinaryIO, size: int) -> tuple[int, bool]:
+    """Where the line holding offset `size` begins (`size` itself when a line ends there),
+    looking back at most READ_CHUNK bytes; past that the line is over-long, so reading
+    starts at `size`, skipping the rest of it (the second value: True then)."""
+    if size == 0:
+        return 0, False
+    start = max(0, size - READ_CHUNK)
+    tail = os.pread(f.fileno(), size - start, start)
+    newline = tail.rfind(b"\n")
+    if newline >= 0:
+        return start + newline + 1, False
+    return (0, False) if start == 0 else (size, True)
+
+
 class LogFollower:
     """Follows one file by path; counts complete lines; persists its position after each read.
 
@@ -57,14 +87,19 @@ class LogFollower:
 
     def __init__(self, path: str, patterns: dict[str, str], state_file: Path | None) -> None:
         self.path = Path(path)
-        self.patterns = {name: re.compile(p) for name, p in patterns.items()}
+        self.patterns = {name: compile_pattern(p) for name, p in patterns.items()}
         self.counts = dict.fromkeys(patterns, 0)
+        self.timeouts = dict.fromkeys(patterns, 0)
+        """Lines a pattern gave up on after MATCH_TIMEOUT (counted as not matching)."""
         self.state_file = state_file
         self._file: BinaryIO | None = None
         self._inode = -1
         self._offset = 0
         self._head: str | None = None
         self._head_len = 0
+        self._skipping = False
+        """Whether the offset is inside an over-long line already counted: the rest of it,
+        up to its newline, is skipped."""
         self._lock = threading.Lock()
         self._closed = False
         self._started = False
@@ -97,9 +132,13 @@ class LogFollower:
             raise
         size = os.fstat(f.fileno()).st_size
         if saved is None:
-            self._offset = size
+            # From the start of the line being written, if any: read whole once it ends, not
+            # its rest taken for a line (a `^ERROR` matching what followed "... said ").
+            self._offset, self._skipping = _line_start(f, size)
         elif self._is_saved_file(f, saved) and saved.offset <= size:
-            self._offset = saved.offset
+            self._offset, self._skipping = saved.offset, saved.skipping
+            if saved is self._unreadable_at:  # a size, not where a line ended
+                self._offset, self._skipping = _line_start(f, saved.offset)
         # else a different file (rotated while we were down) or a truncated one: all of it is new.
         self._remember_head()
         self._save()
@@ -119,6 +158,7 @@ class LogFollower:
         self._offset = 0
         self._head = None
         self._head_len = 0
+        self._skipping = False
         return f
 
     def _close(self) -> None:
@@ -193,31 +233,55 @@ class LogFollower:
             data = f.read(READ_CHUNK)
             if not data:
                 return False
-            end = data.rfind(b"\n")
-            if end < 0:
-                if len(data) < READ_CHUNK:
-                    return False  # a partial last line: count it once it is complete
-                end = len(data) - 1  # an absurdly long line: count it in pieces
-            self._count(data[:end + 1])
-            self._offset += end + 1
-            read += end + 1
+            used = self._take(data)
+            if not used:
+                return False  # a partial last line: count it once it is complete
+            self._offset += used
+            read += used
             f.seek(self._offset)
         return True
+
+    def _take(self, data: bytes) -> int:
+        """Count the complete lines at the start of data; how many bytes it used (0: only a
+        partial line, to be read again once complete)."""
+        start = 0
+        if self._skipping:
+            newline = data.find(b"\n")
+            if newline < 0:
+                return len(data)  # all of it the rest of the over-long line
+            self._skipping = False
+            start = newline + 1
+        end = data.rfind(b"\n")
+        if end >= start:
+            self._count(data[start:end + 1])
+            return end + 1
+        if start or len(data) < READ_CHUNK:
+            return start  # what follows the skipped rest is a partial line
+        # An over-long line: counted once, by this first piece; the rest of it is skipped.
+        self._count(data)
+        self._skipping = True
+        return len(data)
 
     def _count(self, block: bytes) -> None:
         lines = block.split(b"\n")
         if not lines[-1]:
             lines.pop()  # the block ends with a newline: nothing follows it
         found = dict.fromkeys(self.patterns, 0)
+        gave_up = dict.fromkeys(self.patterns, 0)
         for raw in lines:
             # Only b"\n" ends a line; str.splitlines() would also split on \r, \f, \x85, \u2028.
             line = raw.removesuffix(b"\r").decode("utf-8", "replace")
             for name, pattern in self.patterns.items():
-                if pattern.search(line):
-                    found[name] += 1
+                try:
+                    if pattern.search(line, concurrent=True, timeout=MATCH_TIMEOUT):
+                        found[name] += 1
+                except TimeoutError:
+                    gave_up[name] += 1
         # Added at once, as collect() reads the counts on the event loop while we poll.
         for name, n in found.items():
             self.counts[name] += n
+        for name, n in gave_up.items():
+            self.timeouts[name] += n
 
     def _load(self) -> Position | None:
         if self.state_file is None:
@@ -226,7 +290,8 @@ class LogFollower:
             raw = json.loads(self.state_file.read_text())
             head = raw.get("head")
             return Position(int(raw["inode"]), int(raw["offset"]),
-                            None if head is None else str(head), int(raw.get("head_len", 0)))
+                            None if head is None else str(head), int(raw.get("head_len", 0)),
+                            bool(raw.get("skipping", False)))
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return None
 
@@ -236,7 +301,8 @@ class LogFollower:
         tmp = self.state_file.with_suffix(".tmp")
         tmp.write_text(json.dumps({"path": str(self.path), "inode": self._inode,
                                    "offset": self._offset, "head": self._head,
-                                   "head_len": self._head_len}))
+                                   "head_len": self._head_len,
+                                   "skipping": self._skipping}))
         tmp.replace(self.state_file)
 
     def close(self) -> None:
@@ -301,4 +367,9 @@ class LogCollector(Collector):
                          ("target", "pattern"))
         for name, count in self.follower.counts.items():
             family.add_metric([self.target, name], float(count))
-        return [family]
+        timeouts = counter("runbook_log_match_timeouts",
+                           f"Log lines a pattern gave up on after {MATCH_TIMEOUT:g}s (counted "
+                           "as not matching)", ("target", "pattern"))
+        for name, count in self.follower.timeouts.items():
+            timeouts.add_metric([self.target, name], float(count))
+        return [family, timeouts]
