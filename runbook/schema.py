@@ -54,15 +54,18 @@ class HostWatch(Strict):
 
 
 def _http_url(url: str) -> str:
-    """The URL itself when aiohttp can request it: http or https, with a host."""
+    """The URL itself when aiohttp can request it: http or https, with a host (and a port, if
+    any, that is a number from 1 to 65535)."""
     try:
         parts = urlsplit(url)
         ok = parts.scheme.lower() in ("http", "https") and bool(parts.hostname)
+        ok = ok and parts.port != 0  # .port raises ValueError for a port no socket can have
     except ValueError:
         ok = False
     if not ok:
         hint = f" (write http://{url})" if "://" not in url else ""
-        raise ValueError(f"{url!r} is not an http:// or https:// URL with a host{hint}")
+        raise ValueError(f"{url!r} is not an http:// or https:// URL with a host (and a port "
+                         f"from 1 to 65535, if any){hint}")
     return url
 
 

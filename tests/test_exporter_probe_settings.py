@@ -37,13 +37,19 @@ def test_a_url_without_scheme_is_refused(tmp_path: Path) -> None:
               url: "localhost:5000/health"
             - {name: ftp, url: "ftp://files.example.com/health"}
             - {name: nohost, url: "http:///health"}
+            - {name: badport, url: "http://h:abc/health"}
+            - {name: bigport, url: "http://h:99999/health"}
+            - {name: zeroport, url: "http://h:0/health"}
           freshness:
             - {name: beat, http_json: "127.0.0.1:8080/beat", field: t}
         """,
         (5, "watch.http[0].url", "(write http://localhost:5000/health)"),
         (6, "watch.http[1].url", "is not an http:// or https:// URL with a host"),
         (7, "watch.http[2].url", "is not an http:// or https:// URL with a host"),
-        (9, "watch.freshness[0].http_json", "(write http://127.0.0.1:8080/beat)"))
+        (8, "watch.http[3].url", "is not an http:// or https:// URL with a host"),
+        (9, "watch.http[4].url", "is not an http:// or https:// URL with a host"),
+        (10, "watch.http[5].url", "is not an http:// or https:// URL with a host"),
+        (12, "watch.freshness[0].http_json", "(write http://127.0.0.1:8080/beat)"))
 
 
 def test_zero_timeout_and_interval_are_refused(tmp_path: Path) -> None:
